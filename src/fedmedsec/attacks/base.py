@@ -17,13 +17,16 @@ AI, arXiv 2409.07415): goal, adversary and knowledge; it goes into the results.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
 import pydantic
 import torch
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..training import TrainHooks
 
 Goal = Literal["integrity", "availability", "confidentiality"]
 
@@ -92,6 +95,16 @@ class Attack:
         """honest: Tensor[n_h, d], malicious: Tensor[m, d] (what the attackers trained)
         -> Tensor[m, d] the attackers send. Called only if ``needs_honest_updates``."""
         return malicious
+
+    def train_hooks(
+        self, global_vec: torch.Tensor, state: dict[str, Any], ctx: AttackContext
+    ) -> "TrainHooks | None":
+        """Hooks into the attacker's own local training (``training.TrainHooks``): e.g.
+        Neurotoxin's gradient mask or a defense-aware projection onto the norm ball.
+        global_vec: Tensor[d] the round's global model (``training.state_vector`` layout);
+        state: this hospital's dict kept across rounds (e.g. the last global it saw).
+        None (the default) trains normally."""
+        return None
 
     def asr_inputs(
         self, x: np.ndarray, y: np.ndarray, ctx: AttackContext

@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import Params
+from ..training import TrainHooks
 from .accounting import (
     History,
     epsilon_of,
@@ -139,6 +140,7 @@ def train_dp_sgd(
     history: list[tuple[float, float, int]],
     generator: torch.Generator,
     delta: float,
+    hooks: TrainHooks | None = None,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD on (x, y) for ``epochs`` epochs.
 
@@ -149,7 +151,10 @@ def train_dp_sgd(
     ``history`` (not modified) is the accountant history of the previous rounds; the
     result's history appends this round's ``(noise_multiplier, q, steps)`` and its epsilon
     is over the whole history. ``model`` must pass ``ModuleValidator.validate`` (use
-    :func:`make_private_compatible` once when building it).
+    :func:`make_private_compatible` once when building it). ``hooks``
+    (``training.TrainHooks``) change batches (adversarial examples: the DP guarantee then
+    covers the perturbed records each step clips, which are functions of one record each)
+    and steps, as in ``training.train_local``.
     """
     ints = (int, np.integer)
     _check("epochs", epochs, isinstance(epochs, ints) and epochs >= 1, "must be an int >= 1")
@@ -206,6 +211,9 @@ def train_dp_sgd(
             for _ in range(epochs):
                 loss_sum, seen = 0.0, 0  # report the last epoch, like training.train_local
                 for xb, yb in loader:
+                    if hooks is not None and hooks.batch is not None and xb.shape[0] > 0:
+                        xb, yb = hooks.batch(model, xb, yb)
+                        gsm.train()
                     optimizer.zero_grad(set_to_none=True)
                     out = gsm(xb)
                     if xb.shape[0] > 0:
@@ -217,7 +225,16 @@ def train_dp_sgd(
                         # accounted; a zero loss keeps the graph without producing NaN.
                         loss = out.sum() * 0.0
                     loss.backward()
-                    optimizer.step()
+                    if hooks is not None and hooks.before_step is not None:
+                        # clip, noise and account first (DPOptimizer.pre_step), then the
+                        # hook sees the privatised gradient: post-processing keeps the DP
+                        if optimizer.pre_step():
+                            hooks.before_step(model)
+                            optimizer.original_optimizer.step()
+                    else:
+                        optimizer.step()
+                    if hooks is not None and hooks.after_step is not None:
+                        hooks.after_step(model)
                     steps += 1
             optimizer.zero_grad(set_to_none=True)
     finally:
