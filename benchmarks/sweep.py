@@ -1,20 +1,19 @@
 """Sweep benchmark: a 12-run sweep against 12 separate ``fedmedsec run`` processes.
 
-    python benchmarks/sweep.py [--rounds 3] [--skip-shared-head]
+    python benchmarks/sweep.py [--rounds 3]
 
-Three ways to run the same 12 points (quickstart, attack {none, sign_flip} x defense
+Two ways to run the same 12 points (quickstart, attack {none, sign_flip} x defense
 {fedavg, median, trimmed_mean} x seed {0, 1}, ``experiment.rounds`` small):
 
   A  ``fedmedsec sweep`` (default): one process; Flower starts and stops Ray for every run
   B  12 ``fedmedsec run`` processes, one after the other (each starts its own Ray)
-  C  ``fedmedsec sweep`` with FEDMEDSEC_SWEEP_SHARED_RAY=1: one process and one shared local Ray
-     head that every run attaches to (isolates what attaching saves over starting Ray per run)
 
 Measured 2026-11-23 on the 2-core dev machine (load 10-13 from other work, so +-30%):
-  in-process, Ray per run 247.7 s (20.6 s/run); separate processes 377.5 s (31.5 s/run);
-  shared head 506.1 s (42.2 s/run): separate/sweep 1.52x; shared head is the slowest.
+  in-process, Ray per run 247.7 s (20.6 s/run); separate processes 377.5 s (31.5 s/run):
+  separate/sweep 1.52x. (A shared Ray head that every run attached to measured slowest,
+  506.1 s, and was removed.)
 
-Prints each wall time, the per-run mean and the ratios B/A and C/A.
+Prints each wall time, the per-run mean and the ratio B/A.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--skip-shared-head", action="store_true", help="skip mode C")
     args = ap.parse_args()
     n = len(ATTACKS) * len(DEFENSES) * len(SEEDS)
     with tempfile.TemporaryDirectory(prefix="fms-bench-") as tmp:
@@ -69,7 +67,7 @@ def main() -> int:
         grid.write_text(grid_text(args.rounds))
         print(f"sweep benchmark: {n} runs of quickstart, {args.rounds} rounds each, {os.cpu_count()} CPUs", flush=True)
 
-        a = timed(fedmedsec() + ["sweep", str(grid), "--out", str(tmp / "A")], env={"FEDMEDSEC_SWEEP_SHARED_RAY": "0"})
+        a = timed(fedmedsec() + ["sweep", str(grid), "--out", str(tmp / "A")])
         print(f"A  fedmedsec sweep (Ray per run)         {a:7.1f} s  ({a / n:5.1f} s/run)", flush=True)
 
         t0 = time.perf_counter()
@@ -80,14 +78,7 @@ def main() -> int:
         b = time.perf_counter() - t0
         print(f"B  {n} separate fedmedsec run processes  {b:7.1f} s  ({b / n:5.1f} s/run)", flush=True)
 
-        c = None
-        if not args.skip_shared_head:
-            c = timed(fedmedsec() + ["sweep", str(grid), "--out", str(tmp / "C")], env={"FEDMEDSEC_SWEEP_SHARED_RAY": "1"})
-            print(f"C  fedmedsec sweep, shared Ray head      {c:7.1f} s  ({c / n:5.1f} s/run)", flush=True)
-
     print(f"ratio B/A (separate processes / sweep): {b / a:.2f}x")
-    if c is not None:
-        print(f"ratio C/A (shared Ray head / Ray per run, both in one process): {c / a:.2f}x")
     return 0
 
 

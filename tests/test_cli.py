@@ -30,7 +30,7 @@ def test_user_errors_are_one_line(args, fragment):
     r = _run(*args, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and fragment in lines[0], r.stderr
 
 

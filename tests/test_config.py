@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmedsec.config import ConfigError, Config, load_config, parse_value
+from fedmedsec.config import Config, ConfigError, load_config, parse_value
 
 
 def test_defaults_fill_every_section(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import make_csv, make_medmnist_npz, make_mitbih, make_ptbxl
 from pydantic import ValidationError
 from scipy.signal import find_peaks
 
@@ -19,7 +20,6 @@ from fedmedsec.data.csv_table import CSVParams, impute_apply, impute_fit, load_c
 from fedmedsec.data.ecg_synthetic import ECGSyntheticParams, load_ecg_synthetic
 from fedmedsec.data.ecg_wfdb import ECGWFDBParams, load_ecg_wfdb
 from fedmedsec.data.medmnist import MedMNISTParams, load_medmnist
-from fixtures import make_csv, make_medmnist_npz, make_mitbih, make_ptbxl
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAST = SHARED / "medmnist" / "breastmnist.npz"

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
@@ -28,8 +30,6 @@ from fedmedsec.privacy import (
     steps_per_epoch,
     train_dp_sgd,
 )
-from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
 
 DELTA = 1e-5
 
@@ -213,7 +213,7 @@ def test_same_generator_same_weights_and_empty_batches(wdbc):
     a, b = mlp(6), mlp(6)
     # q = 1/20: about a third of the Poisson batches are empty; they still step and count
     ra = run(a, x, y, batch_size=1, generator=torch.Generator().manual_seed(9))
-    rb = run(b, x, y, batch_size=1, generator=torch.Generator().manual_seed(9))
+    run(b, x, y, batch_size=1, generator=torch.Generator().manual_seed(9))
     assert ra.steps == 20 and ra.history == [(1.0, 0.05, 20)]
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q) and torch.isfinite(p).all()
@@ -310,10 +310,48 @@ def test_central_epsilon_monotone_and_matches_opacus():
     assert e[1] == pytest.approx(acc.get_epsilon(delta=DELTA), rel=1e-12)
 
 
+def _mean_sensitivity(rule: str) -> bool:
+    from fedmedsec.aggregators import AGGREGATORS
+
+    return bool(AGGREGATORS.get(rule).meta.get("mean_sensitivity"))
+
+
 def test_central_dp_refuses_robust_rules():
-    eps, why = central_dp_epsilon_or_reason("fedavg", 1.0, 0.1, 100, DELTA)
+    eps, why = central_dp_epsilon_or_reason("fedavg", 1.0, 0.1, 100, DELTA,
+                                            mean_sensitivity=_mean_sensitivity("fedavg"))
     assert why is None and eps == pytest.approx(central_epsilon(1.0, 0.1, 100, DELTA))
-    eps, why = central_dp_epsilon_or_reason("krum", 1.0, 0.1, 100, DELTA)
+    eps, why = central_dp_epsilon_or_reason("krum", 1.0, 0.1, 100, DELTA,
+                                            mean_sensitivity=_mean_sensitivity("krum"))
     assert eps is None and "krum" in why and "sensitivity" in why
-    eps, why = central_dp_epsilon_or_reason("fedavg", 1.0, 0.1, 100, DELTA, weighted=True)
+    eps, why = central_dp_epsilon_or_reason("fedavg", 1.0, 0.1, 100, DELTA, mean_sensitivity=True,
+                                            weighted=True)
     assert eps is None and "num-examples" in why
+    eps, why = central_dp_epsilon_or_reason("fedavg", 1.0, 0.1, 100, DELTA, mean_sensitivity=True,
+                                            pre_steps=True)
+    assert eps is None and "defense.pre" in why
+
+
+def test_only_the_mean_declares_the_mean_sensitivity():
+    from fedmedsec.aggregators import AGGREGATORS
+
+    assert [e.name for e in AGGREGATORS if e.meta.get("mean_sensitivity")] == ["fedavg"]
+
+
+def test_server_central_dp_is_dp_fedavg():
+    """One DP-FedAvg implementation: the round loop's central DP under fedavg gives exactly
+    ``dp_fedavg`` of the round's updates with the round's aggregation stream."""
+    from fedmedsec.config import load_config
+    from fedmedsec.experiment import build_setup
+    from fedmedsec.rounds import ClientReply
+    from fedmedsec.server import Coordinator
+    from fedmedsec.streams import Stream
+
+    cfg = load_config(raw={}, overrides=["privacy.mode=central", "privacy.clip_norm=0.5",
+                                         "privacy.noise_multiplier=1.3", "data.num_hospitals=4"])
+    co = Coordinator(build_setup(cfg))
+    g = co.global_vec.clone()
+    ups = torch.randn(4, g.numel(), generator=torch.Generator().manual_seed(3))
+    co.sample(1, [0, 1, 2, 3])
+    co.aggregate(1, [ClientReply(i, g + ups[i], 10) for i in range(4)])
+    expected = dp_fedavg(ups, 0.5, 1.3, co.setup.generator(Stream.AGGREGATION, 1))
+    torch.testing.assert_close(co.global_vec, g + expected)

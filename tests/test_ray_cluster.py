@@ -75,7 +75,7 @@ def ray_cluster():
             time.sleep(2)
         start("worker", "--address", f"127.0.0.1:{port}")
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (n := nodes_alive()) < 2:
+        while time.monotonic() < deadline and nodes_alive() < 2:
             time.sleep(2)
         assert nodes_alive() == 2, "the two-node Ray cluster did not come up:\n" + "\n".join(
             p.read_text()[-2000:] for p in logs.iterdir())

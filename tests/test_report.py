@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedmedsec.config import ConfigError
-from fedmedsec.results.report import build_report, report_cli, threat_tables, runs_frame, load_dir
+from fedmedsec.results.report import build_report, load_dir, report_cli, runs_frame, threat_tables
 
 THREATS = {
     "sign_flip": {"goal": "availability", "adversary": "malicious hospitals", "knowledge": "own update", "targeted": False},

@@ -8,6 +8,7 @@ import torch
 
 from fedmedsec.client import local_evaluate, local_train
 from fedmedsec.config import load_config
+from fedmedsec.evaluation import server_metrics
 from fedmedsec.experiment import build_setup
 from fedmedsec.results.summary import detection_rates
 from fedmedsec.server import ClientEval, ClientReply, Coordinator
@@ -18,12 +19,17 @@ def _co(*overrides):
     return Coordinator(build_setup(cfg))
 
 
+def _aggregate(co, r, replies):
+    co.sample(r, list(range(co.setup.n)))
+    co.aggregate(r, replies)
+
+
 def test_mean_of_valid_replies_becomes_the_new_global():
     co = _co()
     g = co.global_vec.clone()
     d = g.numel()
     deltas = [torch.full((d,), float(i)) for i in range(co.setup.n)]
-    co.aggregate(1, [ClientReply(i, g + deltas[i], 10) for i in range(co.setup.n)])
+    _aggregate(co, 1, [ClientReply(i, g + deltas[i], 10) for i in range(co.setup.n)])
     assert torch.allclose(co.global_vec, g + torch.stack(deltas).mean(0))
 
 
@@ -39,9 +45,9 @@ def test_malformed_replies_are_dropped_and_recorded_not_raised():
         ClientReply(4, None, 10, problem="wrong dtype for 'w': int64"),
         ClientReply(5, g + 3.0, 10),
     ]
-    co.aggregate(1, replies)
+    _aggregate(co, 1, replies)
     assert torch.allclose(co.global_vec, g + 2.0)  # mean of the two valid ones
-    co.end_round(1, [])
+    co.end_round(1, [], 0.0)
     status = {c["partition_id"]: (c["status"], c["problem"]) for c in co.clients}
     assert status[0][0] == "ok" and status[5][0] == "ok"
     assert "non-finite" in status[1][1]
@@ -51,12 +57,31 @@ def test_malformed_replies_are_dropped_and_recorded_not_raised():
     assert co.rounds[-1]["dropped"] == 4
 
 
+def test_duplicate_unsampled_and_list_metric_replies_are_dropped_or_tolerated():
+    co = _co()
+    g = co.global_vec.clone()
+    co.sample(1, [0, 1, 2])
+    replies = [
+        ClientReply(0, g + 1.0, 10, {"train-loss": [1.0, 2.0], "epsilon": "high"}),
+        ClientReply(0, g + 100.0, 10),  # a second reply of hospital 0
+        ClientReply(7, g + 100.0, 10),  # hospital 7 was not sampled
+        ClientReply(1, (g + 3.0).double(), 10),  # float64: would turn the model float64
+    ]
+    co.aggregate(1, replies)
+    assert torch.equal(co.global_vec, g + 1.0) and co.global_vec.dtype == torch.float32
+    co.end_round(1, [], 0.0)
+    rows = {c["partition_id"]: c for c in co.clients}
+    assert rows[0]["status"] == "ok" and math.isnan(rows[0]["train_loss"]) and math.isnan(rows[0]["epsilon"])
+    assert rows[7]["problem"] == "not sampled this round" and "dtype" in rows[1]["problem"]
+    assert co.rounds[-1]["replies"] == 3 and co.rounds[-1]["accepted"] == 1
+
+
 def test_round_without_valid_replies_keeps_the_model():
     co = _co()
     g = co.global_vec.clone()
-    co.aggregate(1, [ClientReply(0, None, 0, problem="client error: boom")])
+    _aggregate(co, 1, [ClientReply(0, None, 0, problem="client error: boom")])
     assert torch.equal(co.global_vec, g)
-    row = co.end_round(1, [])
+    row = co.end_round(1, [], 0.0)
     assert row["accepted"] == 0 and row["dropped"] == 1
 
 
@@ -65,8 +90,8 @@ def test_colluding_attack_replaces_malicious_rows_from_honest_ones():
     s = co.setup
     g = co.global_vec.clone()
     honest = torch.randn(s.n, g.numel(), generator=torch.Generator().manual_seed(0))
-    replies = [ClientReply(i, g + honest[i], 10, {"collude": float(i in s.attackers)}) for i in range(s.n)]
-    co.aggregate(1, replies)
+    replies = [ClientReply(i, g + honest[i], 10) for i in range(s.n)]
+    _aggregate(co, 1, replies)
     mask = torch.tensor([i in s.attackers for i in range(s.n)])
     sent = honest.clone()
     sent[mask] = -0.5 * honest[~mask].mean(0)  # IPM (Xie et al. 2019)
@@ -91,16 +116,16 @@ def test_detection_rates_count_exclusions_against_true_attackers():
 def test_a_federated_round_trains_and_evaluates_in_process():
     co = _co()
     s = co.setup
-    before = co.evaluate_server()["clean_accuracy"]
-    for r in (1, 2, 3):
+    before = server_metrics(s, co.global_model())["clean_accuracy"]
+    for r in (1, 2, 3, 4, 5):
         replies = []
         for h in s.data.hospitals:
             v, m = local_train(s, h, co.global_vec, r, {})
             replies.append(ClientReply(h.id, v, int(m["num-examples"]), m))
-        co.aggregate(r, replies)
+        _aggregate(co, r, replies)
         evals = [ClientEval(h.id, **{k: local_evaluate(s, h, co.global_vec)[k] for k in ("loss", "accuracy")},
                             num_examples=len(h.y_test)) for h in s.data.hospitals]
-        row = co.end_round(r, evals)
+        row = co.end_round(r, evals, 0.0)
     assert row["clean_accuracy"] > max(before, 0.85)
     assert not math.isnan(row["worst_hospital_accuracy"])
 

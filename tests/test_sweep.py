@@ -5,8 +5,6 @@ one federated sweep on a shared Ray head. The mechanics tests use experiment.mod
 from __future__ import annotations
 
 import io
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -177,37 +175,3 @@ def test_example_grid_table_resume_and_report(tmp_path):
 
     html, images, _ = build_report(out)
     assert images >= 3 and html.read_text().count("data:image/png;base64,") == images
-
-
-@pytest.mark.slow
-def test_federated_sweep_shares_one_ray_head(tmp_path, monkeypatch):
-    import fedmedsec.results.sweep as sw
-
-    heads = []
-
-    class Recorded(sw.RayHead):
-        def start(self):
-            heads.append(self)
-            return super().start()
-
-    monkeypatch.setattr(sw, "RayHead", Recorded)
-    g = write_grid(tmp_path, text=f"""
-base = "{QUICKSTART}"
-[grid]
-"experiment.seed" = [0, 1]
-[fixed]
-"experiment.rounds" = 1
-"data.num_hospitals" = 4
-"experiment.mia" = false
-""")
-    out = tmp_path / "out"
-    pts, log = sweep(g, out, shared_ray=True)
-    assert [p.status for p in pts] == ["done", "done"], log
-    assert len(heads) == 1 and log.count("Ray head at") == 1  # one head for both runs
-    for p in pts:
-        cfg = (out / p.name / "config.toml").read_text()
-        assert heads[0].address in cfg  # the run attached to it
-    # the head was stopped: no process of it is left, its temp dir is gone
-    assert heads[0]._leftovers() == [] and not heads[0].tmp.exists()
-    pts2, log2 = sweep(g, out, shared_ray=True)
-    assert len(heads) == 1 and [p.status for p in pts2] == ["skipped", "skipped"]

@@ -14,9 +14,6 @@ from rich.table import Table
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.base import DataError

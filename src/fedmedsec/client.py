@@ -12,6 +12,7 @@ import torch
 
 from .data.pipeline import HospitalData
 from .experiment import Setup
+from .streams import Stream
 from .training import evaluate, load_state_vector, state_vector, train_local
 
 
@@ -31,11 +32,11 @@ def local_train(
     ctx = setup.attack_context(pid, server_round)
     x, y = hospital.x_train, hospital.y_train
     if attack is not None:
-        x, y = attack.poison_data(x, y, setup.rng(0xDA, server_round, pid), ctx)
+        x, y = attack.poison_data(x, y, setup.rng(Stream.DATA_POISONING, server_round, pid), ctx)
     model = setup.new_model()
     load_state_vector(model, global_vec)
     t = cfg.train
-    gen = setup.generator(server_round, pid)
+    gen = setup.generator(Stream.LOCAL_TRAINING, server_round, pid)
     metrics: dict[str, float] = {}
     if cfg.privacy.mode == "dp_sgd":
         metrics.update(_train_dp_sgd(setup, model, x, y, gen, state))
@@ -47,7 +48,6 @@ def local_train(
     if attack is not None:
         update = attack.poison_update(local - global_vec, gen, ctx)
         local = global_vec + update
-        metrics["collude"] = float(attack.needs_honest_updates)
     metrics.update({"num-examples": float(len(y)), "partition-id": float(pid),
                     "malicious": float(attacking)})
     return local, metrics

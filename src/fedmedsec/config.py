@@ -107,7 +107,7 @@ class PrivacyConfig(_Section):
     clip_norm: float = Field(1.0, gt=0, description="central DP: per-update clip S")
 
     @model_validator(mode="after")
-    def _noise_given(self) -> "PrivacyConfig":
+    def _noise_given(self) -> PrivacyConfig:
         if self.mode == "dp_sgd" and self.noise_multiplier is None and self.target_epsilon is None:
             self.noise_multiplier = 1.0
         if self.mode == "central" and self.noise_multiplier is None:

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import streams
 from .attacks import ATTACKS, Attack, AttackContext
 from .attacks.selection import choose_attackers, is_active
 from .config import Config, ConfigError, config_from_dict
 from .data.pipeline import FederatedData, build_federated_data
 from .models import MODELS, build_model
+from .streams import Stream
 
 
 @dataclass
@@ -76,13 +78,13 @@ class Setup:
         malicious = self.is_malicious(partition_id) if role is None else (role and self.attack is not None)
         return malicious and is_active(server_round, a.start_round, a.end_round)
 
-    def generator(self, *key: int) -> torch.Generator:
-        """A torch generator keyed by (seed, *key), e.g. (round, partition_id)."""
-        ss = np.random.SeedSequence([self.cfg.experiment.seed, *key])
-        return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+    def generator(self, stream: Stream, *key: int) -> torch.Generator:
+        """The torch generator of ``stream`` keyed by ``key`` (e.g. round, partition id)."""
+        return streams.generator(self.cfg.experiment.seed, stream, *key)
 
-    def rng(self, *key: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([self.cfg.experiment.seed, *key]))
+    def rng(self, stream: Stream, *key: int) -> np.random.Generator:
+        """The numpy generator of ``stream`` keyed by ``key``."""
+        return streams.rng(self.cfg.experiment.seed, stream, *key)
 
 
 def build_setup(cfg: Config) -> Setup:

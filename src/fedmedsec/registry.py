@@ -7,8 +7,9 @@ itself: ``attack.name = "alie"`` makes ``attack.z`` legal and ``attack.boost`` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 

@@ -9,7 +9,7 @@ from ._common import check_updates, combine, row_norms
 from .base import AGGREGATORS, AggregationContext, AggregationResult
 
 
-@AGGREGATORS.register("fltrust", NoParams, filters=True)
+@AGGREGATORS.register("fltrust", NoParams, filters=True, needs_reference=True)
 def make_fltrust(params: NoParams):
     """FLTrust: g0 = ctx.reference, the server's update on its clean root set.
 

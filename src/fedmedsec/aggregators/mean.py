@@ -16,6 +16,6 @@ def mean(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
     return AggregationResult(aggregate=w @ updates, weights=w)
 
 
-@AGGREGATORS.register("fedavg", NoParams, filters=False)
+@AGGREGATORS.register("fedavg", NoParams, filters=False, mean_sensitivity=True, sum_only=True)
 def make_mean(params: NoParams) -> "type[mean]":
     return mean

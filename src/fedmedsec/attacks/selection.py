@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from ..streams import Stream, rng as stream_rng
 from .base import share_count
-
-#: Mixed into the experiment seed so attacker selection has its own random stream.
-_SELECTION_KEY = 0x5E1EC7
 
 
 def choose_attackers(
@@ -16,8 +12,8 @@ def choose_attackers(
     """Partition ids (sorted) of the malicious hospitals.
 
     An explicit ``hospitals`` list wins over ``fraction``. Otherwise round(fraction * n)
-    (Python's round, half to even) distinct ids are drawn without replacement by
-    ``np.random.default_rng(SeedSequence([seed, key]))``: the same seed gives the same set.
+    (Python's round, half to even) distinct ids are drawn without replacement from the
+    ``ATTACKER_SELECTION`` stream of ``seed``: the same seed gives the same set.
     Bad values raise a one-line ValueError naming ``attack.fraction`` / ``attack.hospitals``."""
     if num_hospitals < 1:
         raise ValueError(f"data.num_hospitals = {num_hospitals}: must be >= 1")
@@ -34,7 +30,7 @@ def choose_attackers(
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"attack.fraction = {fraction}: must be in [0, 1]")
     k = share_count(fraction, num_hospitals)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SELECTION_KEY]))
+    rng = stream_rng(seed, Stream.ATTACKER_SELECTION)
     return tuple(sorted(int(i) for i in rng.choice(num_hospitals, size=k, replace=False)))
 
 

@@ -64,7 +64,7 @@ class ECGWFDBParams(Params):
     annotation: str = Field("atr", min_length=1, description="annotation file extension")
 
     @model_validator(mode="after")
-    def _format_keys(self) -> "ECGWFDBParams":
+    def _format_keys(self) -> ECGWFDBParams:
         other = _MITBIH_ONLY if self.format == "ptbxl" else _PTBXL_ONLY
         wrong = sorted(set(other) & self.model_fields_set)
         if wrong:

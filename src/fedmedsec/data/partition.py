@@ -9,8 +9,6 @@ Every hospital gets at least ``min_records`` records or a ``PartitionError`` say
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from ..registry import Registry
@@ -135,10 +133,3 @@ def natural(
     return _check_sizes(
         [np.flatnonzero(sites == s) for s in names], min_records, "natural (per-site) split"
     )
-
-
-def site_names(sites: np.ndarray) -> list[str]:
-    return sorted(set(sites.tolist()))
-
-
-Partitioner = Callable[..., list[np.ndarray]]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..streams import Stream, seed_sequence
 from .base import DATASETS, DataError, RawData
 from .partition import PARTITIONERS, PartitionError
 
@@ -116,7 +117,10 @@ _CACHE: dict[str, FederatedData] = {}
 def build_federated_data(cfg) -> FederatedData:
     """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
     across rounds) by the data section, the seed and the FLTrust root-set size."""
-    root = cfg.defense.root_size if cfg.defense.name == "fltrust" else 0
+    from ..aggregators import AGGREGATORS
+
+    needs_root = AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference", False)
+    root = cfg.defense.root_size if needs_root else 0
     key = _config_key(cfg.data.model_dump(mode="json"), cfg.experiment.seed, root)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
@@ -128,7 +132,7 @@ def build_federated_data(cfg) -> FederatedData:
 def _build(cfg, root_size: int) -> FederatedData:
     d = cfg.data
     seed = cfg.experiment.seed
-    ss = np.random.SeedSequence([seed, 0xDA7A])
+    ss = seed_sequence(seed, Stream.DATA_SPLIT)
     rng_test, rng_part, rng_local, rng_root = (np.random.default_rng(s) for s in ss.spawn(4))
     entry = DATASETS.get(d.name)
     raw: RawData = entry.obj(cfg.params("data"), seed)
@@ -161,7 +165,7 @@ def _build(cfg, root_size: int) -> FederatedData:
     )
     site_names = sorted(set(sites.tolist())) if (d.partition == "natural" and sites is not None) else None
     hosp_idx: list[tuple[np.ndarray, np.ndarray]] = []
-    for h, idx in enumerate(parts):
+    for idx in parts:
         tr, te = _stratified_split(y[idx], d.local_test_fraction, rng_local)
         hosp_idx.append((idx[tr], idx[te]))
     train_rows = np.concatenate([tr for tr, _ in hosp_idx])
@@ -190,10 +194,3 @@ def _build(cfg, root_size: int) -> FederatedData:
         class_names=raw.class_names,
         notes=tuple(raw.notes) + tuple(notes),
     )
-
-
-def hospital_data(cfg, partition_id: int) -> HospitalData:
-    fed = build_federated_data(cfg)
-    if not 0 <= partition_id < len(fed.hospitals):
-        raise DataError(f"partition-id {partition_id} is not in 0..{len(fed.hospitals) - 1}")
-    return fed.hospitals[partition_id]

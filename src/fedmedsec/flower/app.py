@@ -5,27 +5,23 @@ run config (``[tool.flwr.app.config]``, or ``flwr run . --run-config``):
   config     path of the experiment TOML (relative to the working directory or the app)
   overrides  ``dotted.key=value`` assignments separated by ``;`` (e.g. "attack.name=alie")
   out        run directory (default runs/NAME-TIMESTAMP)
-and writes the same run directory as ``fedmedsec run``.
+and runs ``engine.run_experiment`` with the grid as its transport: the same round loop,
+checks and run directory as ``fedmedsec run``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import ConfigError, load_config
-from ..experiment import build_setup
-from ..results.run_dir import RunDir
-from ..results.summary import build_summary
-from ..server import Coordinator
-from ..training import set_torch_threads
+from ..engine import run_experiment
 from .client_app import app as client_app
-from .server_app import run_server
+from .transport import FlowerTransport
 
 server_app = ServerApp()
 
@@ -43,18 +39,14 @@ def _find_config(name: str) -> Path:
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    set_torch_threads()
     rc = context.run_config
     overrides = [o.strip() for o in str(rc.get("overrides", "")).split(";") if o.strip()]
     cfg = load_config(_find_config(str(rc.get("config", "configs/quickstart.toml"))), overrides)
     out = Path(str(rc.get("out") or "")) if rc.get("out") else (
         Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    t0 = time.perf_counter()
-    setup = build_setup(cfg)
-    run = RunDir(out)
-    run.write_config(cfg.to_toml())
-    co = Coordinator(setup, on_round=lambda row: (run.write_progress(co.rounds, co.clients),
-                                                  print(f"round {row['round']}: accuracy {row['clean_accuracy']:.3f}", flush=True)))
-    run_server(grid, cfg, co)
-    run.write_summary(build_summary(co, time.perf_counter() - t0))
+
+    def progress(row: dict) -> None:
+        print(f"round {row['round']}: accuracy {row['clean_accuracy']:.3f}", flush=True)
+
+    run_experiment(cfg, out, on_round=progress, transport=lambda setup: FlowerTransport(grid, setup))
     print(f"run directory: {out.resolve()}", flush=True)

@@ -12,10 +12,10 @@ node play the configured attack (red-team runs), ``role = "honest"`` keeps it ho
 
 from __future__ import annotations
 
-from .. import privacy as _privacy  # noqa: F401  (imports Opacus with loggers protected)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .. import privacy as _privacy  # noqa: F401  (imports Opacus with loggers protected)
 from ..client import local_evaluate, local_train
 from ..experiment import setup_from_toml
 from ..training import set_torch_threads

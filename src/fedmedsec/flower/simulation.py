@@ -1,7 +1,7 @@
-"""Run the ServerApp and ClientApp as a Flower simulation on Ray, in this process.
+"""Run an experiment as a Flower simulation on Ray, in this process.
 
-``flwr.simulation.run_simulation`` is deprecated in Flower 1.41 but is the in-process
-entry point (``flwr run`` starts a separate SuperLink); it stays behind this one function.
+``flwr.simulation.run_simulation`` is deprecated in Flower 1.41-1.42 but is the in-process
+entry point (``flwr run`` starts a separate SuperLink); it stays behind ``simulate``.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from flwr.app import Context
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 
-from .server_app import make_server_app
+from ..rounds import run_rounds
+from ..server import Coordinator
+from .transport import FlowerTransport
 
 
 def quiet_flower(verbose: bool) -> None:
@@ -30,6 +32,24 @@ def quiet_flower(verbose: bool) -> None:
         os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
     else:
         os.environ["RAY_DEDUP_LOGS"] = "0"
+
+
+def run_on_ray(co: Coordinator, *, verbose: bool = False) -> None:
+    """Every round of ``co`` over ``co.setup.n`` simulated hospitals (Flower ClientApps in
+    Ray actors); an exception of the round loop is re-raised here."""
+    failure: list[BaseException] = []
+
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            run_rounds(co, FlowerTransport(grid, co.setup))
+        except BaseException as e:  # re-raised in the caller's thread below
+            failure.append(e)
+
+    sim = co.cfg.simulation
+    simulate(main, co.setup.n, num_cpus=sim.num_cpus_per_client, num_gpus=sim.num_gpus_per_client,
+             ray_address=sim.ray_address, verbose=verbose)
+    if failure:
+        raise failure[0]
 
 
 def simulate(
@@ -52,8 +72,10 @@ def simulate(
         "client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
         "init_args": init_args,
     }
+    server_app = ServerApp()
+    server_app.main()(main)
     run_simulation(
-        server_app=make_server_app(main), client_app=client_app, num_supernodes=num_nodes,
+        server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
         backend_config=backend_config, verbose_logging=verbose,
     )
     quiet_flower(verbose)  # run_simulation resets Flower's console handler

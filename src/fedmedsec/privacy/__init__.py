@@ -7,15 +7,12 @@ and flwr loggers protected (see :mod:`fedmedsec.privacy.accounting`).
 
 from .accounting import epsilon_of, merge_history, noise_for_target_epsilon, rdp_accountant
 from .central import (
-    CENTRAL_DP_COMPATIBLE_RULES,
-    CentralDPParams,
     central_dp_epsilon_or_reason,
     central_epsilon,
     clip_updates,
     dp_fedavg,
 )
 from .dp_sgd import (
-    DPSGDParams,
     DPTrainResult,
     make_private_compatible,
     steps_per_epoch,
@@ -33,9 +30,6 @@ from .mia import (
 )
 
 __all__ = [
-    "CENTRAL_DP_COMPATIBLE_RULES",
-    "CentralDPParams",
-    "DPSGDParams",
     "DPTrainResult",
     "MIAResult",
     "balanced_members",

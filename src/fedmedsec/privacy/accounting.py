@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -28,50 +28,38 @@ Assumptions the epsilon rests on (say them where it is reported):
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections.abc import Callable
 
 import torch
-from pydantic import Field
 
-from ..registry import Params
 from .accounting import epsilon_of
 
 __all__ = [
-    "CENTRAL_DP_COMPATIBLE_RULES",
-    "CentralDPParams",
     "clip_updates",
     "dp_fedavg",
     "central_epsilon",
     "central_dp_epsilon_or_reason",
 ]
 
-#: Aggregator registry names whose client-level sensitivity the DP-FedAvg accounting covers
-#: (the equal-weight mean of clipped updates).
-CENTRAL_DP_COMPATIBLE_RULES: frozenset[str] = frozenset({"fedavg"})
-
-
-class CentralDPParams(Params):
-    """Config of server-side DP-FedAvg: clip norm S, noise multiplier z, delta."""
-
-    clip_norm: float = Field(1.0, gt=0.0, description="S: per-client update L2 bound")
-    noise_multiplier: float = Field(1.0, ge=0.0, description="z: noise std / S")
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
-
 
 def clip_updates(updates: torch.Tensor, clip_norm: float) -> torch.Tensor:
     """updates: Tensor[n, d] -> Tensor[n, d], row i scaled by min(1, S / ||x_i||_2).
 
-    Rows with norm <= S are returned unchanged; the input is not modified.
+    Rows with norm <= S are returned unchanged; the input is not modified. Norms are taken
+    in float64 so rows near the float32 limit are clipped, not turned into inf/NaN.
     """
     if not (clip_norm > 0 and math.isfinite(clip_norm)):
-        raise ValueError(f"privacy.central.clip_norm = {clip_norm!r}: must be > 0")
+        raise ValueError(f"privacy.clip_norm = {clip_norm!r}: must be a finite number > 0")
     if updates.dim() != 2:
         raise ValueError(f"updates must be Tensor[n, d], got shape {tuple(updates.shape)}")
-    norms = torch.linalg.vector_norm(updates, dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(updates.double(), dim=1, keepdim=True)
     # factor = min(1, S / ||x||); rows of norm 0 get factor 1 (no division by zero).
-    factor = torch.clamp(clip_norm / torch.clamp(norms, min=torch.finfo(updates.dtype).tiny),
-                         max=1.0)
-    return updates * factor
+    factor = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
+    return (updates.double() * factor).to(updates.dtype)
+
+
+def _mean(rows: torch.Tensor) -> torch.Tensor:
+    return rows.mean(dim=0)
 
 
 def dp_fedavg(
@@ -79,22 +67,27 @@ def dp_fedavg(
     clip_norm: float,
     noise_multiplier: float,
     generator: torch.Generator,
+    aggregate: Callable[[torch.Tensor], torch.Tensor] = _mean,
 ) -> torch.Tensor:
-    """updates: Tensor[n, d] -> Tensor[d] = (sum_i clip_S(x_i) + N(0, z^2 S^2 I)) / n.
+    """updates: Tensor[n, d] -> Tensor[d] = aggregate(clip_S(x)) + N(0, (z S / n)^2 I).
 
-    McMahan et al., ICLR 2018 (DP-FedAvg); noise drawn from ``generator``. The per
-    coordinate std of the output noise is z S / n.
+    McMahan et al., ICLR 2018 (DP-FedAvg). With the default ``aggregate`` (the mean) this
+    is (sum_i clip_S(x_i) + N(0, z^2 S^2 I)) / n; the server passes its configured rule
+    (the accounting then holds only for rules with the mean's sensitivity, see
+    :func:`central_dp_epsilon_or_reason`). The noise is drawn from ``generator`` after the
+    rule ran; its per-coordinate std is z S / n.
     """
     if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
         raise ValueError(
-            f"privacy.central.noise_multiplier = {noise_multiplier!r}: must be >= 0"
+            f"privacy.noise_multiplier = {noise_multiplier!r}: must be a finite number >= 0"
         )
     clipped = clip_updates(updates, clip_norm)
     n, d = clipped.shape
     if n == 0:
         raise ValueError("dp_fedavg needs at least one update (n = 0)")
-    noise = torch.randn(d, generator=generator, dtype=clipped.dtype, device=clipped.device)
-    return (clipped.sum(dim=0) + noise * (noise_multiplier * clip_norm)) / n
+    out = aggregate(clipped)
+    noise = torch.randn(d, generator=generator, dtype=out.dtype, device=out.device)
+    return out + noise * (noise_multiplier * clip_norm / n)
 
 
 def central_epsilon(
@@ -107,7 +100,7 @@ def central_epsilon(
     """
     if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
         raise ValueError(
-            f"privacy.central.noise_multiplier = {noise_multiplier!r}: must be >= 0"
+            f"privacy.noise_multiplier = {noise_multiplier!r}: must be a finite number >= 0"
         )
     if not (0.0 < sample_rate <= 1.0):
         raise ValueError(f"central DP sample_rate = {sample_rate!r}: must be in (0, 1]")
@@ -123,12 +116,18 @@ def central_dp_epsilon_or_reason(
     rounds: int,
     delta: float,
     *,
+    mean_sensitivity: bool,
     weighted: bool = False,
-) -> tuple[Optional[float], Optional[str]]:
-    """(epsilon, None) when the DP-FedAvg accounting applies to ``rule_name``, else
-    (None, reason). ``weighted``: the mean weights clients by reported num-examples.
+    pre_steps: bool = False,
+) -> tuple[float | None, str | None]:
+    """(epsilon, None) when the DP-FedAvg accounting applies, else (None, reason).
+
+    mean_sensitivity: the rule declares (registry capability) that on updates clipped to
+    S its output moves by at most S / n when one client changes, like the mean.
+    weighted: the mean weights clients by reported num-examples. pre_steps: bucketing /
+    NNM run before the rule (they change the sensitivity).
     """
-    if rule_name not in CENTRAL_DP_COMPATIBLE_RULES:
+    if not mean_sensitivity:
         return None, (
             f"central DP epsilon not reported: defense {rule_name!r} is not the mean of "
             "clipped updates, so one client's influence (sensitivity) is not bounded by "
@@ -140,4 +139,6 @@ def central_dp_epsilon_or_reason(
             "central DP epsilon not reported: the mean is weighted by client-reported "
             "num-examples, so one client's influence is not bounded by clip_norm / n"
         )
+    if pre_steps:
+        return None, "central DP epsilon not reported: defense.pre changes the sensitivity the accounting assumes"
     return central_epsilon(noise_multiplier, sample_rate, rounds, delta), None

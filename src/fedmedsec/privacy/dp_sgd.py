@@ -26,14 +26,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from ..registry import Params
 from ..training import TrainHooks
 from .accounting import (
     History,
@@ -51,7 +48,6 @@ from opacus.optimizers import DPOptimizer  # noqa: E402
 from opacus.validators import ModuleValidator  # noqa: E402
 
 __all__ = [
-    "DPSGDParams",
     "DPTrainResult",
     "train_dp_sgd",
     "make_private_compatible",
@@ -59,19 +55,6 @@ __all__ = [
     "epsilon_of",
     "noise_for_target_epsilon",
 ]
-
-
-class DPSGDParams(Params):
-    """Config of record-level DP-SGD (one ``privacy`` section; the lead names the keys).
-
-    Give either ``noise_multiplier`` or ``target_epsilon`` (then sigma is solved so that
-    the whole run, all rounds, reaches it: :func:`noise_for_target_epsilon`).
-    """
-
-    noise_multiplier: Optional[float] = Field(None, ge=0.0, description="sigma")
-    target_epsilon: Optional[float] = Field(None, gt=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0, description="per-record clip norm C")
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)

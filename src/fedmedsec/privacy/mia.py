@@ -17,8 +17,8 @@ set of members (training records) and non-members (same distribution, never trai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

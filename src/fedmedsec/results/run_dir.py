@@ -96,6 +96,3 @@ class RunDir:
         tmp = self.path / "summary.json.tmp"
         tmp.write_text(json.dumps(_clean(summary), indent=2))
         tmp.replace(self.path / "summary.json")  # atomic: summary.json means "complete"
-
-    def is_complete(self) -> bool:
-        return (self.path / "summary.json").is_file()

@@ -28,13 +28,14 @@ def detection_rates(clients: list[dict]) -> dict[str, float] | None:
             "excluded_honest": fp, "malicious_decisions": len(pos), "honest_decisions": len(neg)}
 
 
-def build_summary(co, wall_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_summary(co, wall_seconds: float) -> dict[str, Any]:
+    """summary.json of a finished run from the Coordinator's records."""
     setup, cfg = co.setup, co.cfg
     last = co.rounds[-1] if co.rounds else {}
     per = {str(pid): e.accuracy for pid, e in sorted(co.last_eval.items()) if not math.isnan(e.accuracy)}
     honest = {p: a for p, a in per.items() if not setup.is_malicious(int(p))}
     attack = setup.attack
-    filters = co.rule_filters
+    filters = bool(co.capabilities.get("filters"))
     summary: dict[str, Any] = {
         "experiment": cfg.experiment.name,
         "clean_accuracy": last.get("clean_accuracy"),
@@ -71,7 +72,7 @@ def build_summary(co, wall_seconds: float, extra: dict[str, Any] | None = None) 
         "notes": list(setup.data.notes),
     }
     summary.update(co.privacy_summary())
-    summary["membership_inference"] = co.membership_inference()
-    if extra:
-        summary.update(extra)
+    from ..privacy.audit import membership_audit
+
+    summary["membership_inference"] = membership_audit(setup, co.global_model())
     return summary

@@ -16,16 +16,8 @@ component keys the chosen component does not take (``attack.z`` for ``label_flip
 dropped for that point; points that then resolve to the same configuration are run once.
 A point whose configuration is still invalid is recorded as failed with its one-line error.
 
-Every point runs in this one process (Python, torch and Flower are imported once). Ray: by
-default Flower starts and stops a local Ray for each run, in this process. With
-``FEDMEDSEC_SWEEP_SHARED_RAY=1`` the sweep instead starts one local Ray head as a subprocess
-(``ray start --head --block``, own temp dir, free ports), every run attaches to it through
-``simulation.ray_address``, and the head is stopped at the end, on failure, Ctrl-C and SIGTERM.
-Measured with ``benchmarks/sweep.py`` (12 quickstart runs, 3 rounds, 2 busy cores): in-process
-with Ray per run 247.7 s (20.6 s/run); shared head 506.1 s (42.2 s/run); 12 separate ``fedmedsec
-run`` processes 377.5 s (31.5 s/run). Attaching to a running head did not save time: the cost of a
-run is Flower's actor pool (new worker processes importing torch), created per run either way,
-and the head's own daemons compete for the cores. So the per-run Ray is the default.
+Every point runs in this one process (Python, torch and Flower are imported once); on the
+Ray backend Flower starts and stops a local Ray for each run.
 """
 
 from __future__ import annotations
@@ -34,19 +26,14 @@ import copy
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..config import ConfigError, config_from_dict, read_toml, set_dotted
 
@@ -220,85 +207,6 @@ def expand(grid: Grid) -> list[Point]:
     return points
 
 
-# --------------------------------------------------------------------------- Ray head
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RayHead:
-    """A local Ray head for the sweep: ``ray start --head --block`` in its own session and temp
-    dir, with free ports so that concurrent sweeps do not collide; stopped by ``stop()`` (and
-    any process still using its temp dir is ended by pid)."""
-
-    def __init__(self, num_cpus: int | None = None, timeout: float = 120.0) -> None:
-        self.num_cpus = num_cpus or os.cpu_count() or 1
-        self.timeout = timeout
-        self.tmp = Path(tempfile.mkdtemp(prefix="fms-ray-", dir="/tmp"))  # short: socket paths
-        self.proc: subprocess.Popen | None = None
-        self.address: str | None = None
-
-    def start(self) -> str:
-        ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-        port = _free_port()
-        cmd = [ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}",
-               "--disable-usage-stats", "--include-dashboard=false", f"--temp-dir={self.tmp}",
-               f"--port={port}", f"--ray-client-server-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-        self.log = open(self.tmp / "ray-start.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        marker = self.tmp / "ray_current_cluster"
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < self.timeout:
-            if self.proc.poll() is not None:
-                tail = (self.tmp / "ray-start.log").read_text().strip().splitlines()[-1:] or ["?"]
-                self.stop()
-                raise RuntimeError(f"ray start failed: {tail[0]}")
-            if marker.is_file() and marker.read_text().strip():
-                self.address = marker.read_text().strip()
-                return self.address
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"ray start did not come up within {self.timeout:.0f} s")
-
-    def _leftovers(self) -> list[int]:
-        """Pids of processes whose command line names this head's temp dir."""
-        pids, needle = [], str(self.tmp).encode()
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit() and int(d.name) != os.getpid():
-                try:
-                    if needle in (d / "cmdline").read_bytes():
-                        pids.append(int(d.name))
-                except OSError:
-                    pass
-        return pids
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
-            pids = self._leftovers()
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            if not pids:
-                break
-            time.sleep(wait)
-        self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- results table
 
 SKIP_SUMMARY = {"versions", "hospital_names", "notes", "honest_hospital_accuracy"}
@@ -334,7 +242,7 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def write_results(out: Path, keys: list[str], points: list[Point]) -> "Any":
+def write_results(out: Path, keys: list[str], points: list[Point]) -> Any:
     import pandas as pd
 
     rows = []
@@ -392,11 +300,17 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
-              console=None, shared_ray: bool | None = None) -> list[Point]:
+              console=None) -> list[Point]:
     """Run every point of the grid into ``out``; returns the points with their status."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ..engine import run_experiment
 
@@ -431,31 +345,19 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
         if pt.status == "failed":
             console.print(f"  [yellow]invalid[/yellow] {pt.name}: {pt.error}")
 
-    head: RayHead | None = None
     old_term = None
     if hasattr(signal, "SIGTERM"):
-        try:  # `kill PID` ends the sweep like Ctrl-C: the Ray head is stopped, the table written
+        try:  # `kill PID` ends the sweep like Ctrl-C: the table is written
             old_term = signal.signal(signal.SIGTERM, _terminate)
         except ValueError:  # not the main thread
             old_term = None
-    use_shared = shared_ray if shared_ray is not None else os.environ.get("FEDMEDSEC_SWEEP_SHARED_RAY", "0") == "1"
     try:
-        if todo and use_shared and all(p.cfg.simulation.ray_address is None for p in todo)\
-                and any(p.cfg.experiment.mode == "federated" for p in todo):
-            t0 = time.perf_counter()
-            head = RayHead()
-            with console.status("starting a local Ray head for the sweep"):
-                address = head.start()
-            console.print(f"  Ray head at {address} ({head.num_cpus} CPUs, "
-                          f"{time.perf_counter() - t0:.1f} s); every run attaches to it")
-            for pt in todo:
-                pt.cfg.simulation.ray_address = address
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    TextColumn("{task.fields[detail]}")]
         with Progress(*columns, console=console, transient=False, disable=not todo) as progress:
             task = progress.add_task("sweep", total=len(todo), detail="")
-            for i, pt in enumerate(todo, 1):
+            for pt in todo:
                 rounds = pt.cfg.experiment.rounds
                 progress.update(task, detail=f"{pt.name} round 0/{rounds}")
 
@@ -479,9 +381,6 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
                 progress.advance(task)
                 write_results(out, keys, points)  # the table is current after every run
     finally:
-        if head is not None:
-            with console.status("stopping the Ray head"):
-                head.stop()
         write_results(out, keys, points)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -496,11 +395,3 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
 def run_sweep_cli(args) -> int:
     points = run_sweep(args.grid, args.out, verbose=getattr(args, "verbose", False))
     return 1 if any(p.status == "failed" for p in points) else 0
-
-
-def iter_run_dirs(root: str | Path) -> Iterator[Path]:
-    """Run directories (with a summary.json) under a sweep directory, sorted by name."""
-    root = Path(root)
-    for d in sorted(root.iterdir()):
-        if d.is_dir() and (d / "summary.json").is_file():
-            yield d

@@ -1,0 +1,204 @@
+"""The round loop's transport over a Flower ``Grid`` (Message API): the same code reaches
+simulated hospitals (a Flower simulation on Ray) and real SuperNodes (a deployment through a
+SuperLink). It only converts between model vectors and messages; everything else happens
+in the ``Coordinator``.
+
+A real federation changes while it runs: each round offers only the hospitals connected
+now, picks up hospitals that (re)joined, and a sampled hospital that has not replied after
+``experiment.round_timeout`` s comes back as a reply with problem "no reply".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from ..experiment import Setup
+from ..rounds import ClientEval, ClientReply, RunFailed
+from .records import from_record, to_record
+
+#: at the start, each hospital's first reply includes installing the app and starting its
+#: ClientApp process: wait at least this long for everyone before going on with
+#: experiment.min_hospitals
+START_TIMEOUT = 120.0
+
+
+class FlowerTransport:
+    """Transport over ``grid``: hospitals are the nodes that answered the discovery query
+    with their ``partition-id``."""
+
+    def __init__(self, grid, setup: Setup) -> None:
+        cfg = setup.cfg
+        self.grid = grid
+        self.setup = setup
+        self.template = setup.new_model()
+        self.config_text = cfg.to_toml()
+        self.timeout = cfg.experiment.round_timeout
+        self.node_of = discover_nodes(grid, setup.n, timeout=max(self.timeout, START_TIMEOUT),
+                                      minimum=cfg.experiment.min_hospitals)
+        self.pid_of = {v: k for k, v in self.node_of.items()}  # every node id ever mapped
+        self.ignored: set[int] = set()  # nodes with a duplicate or unknown partition id
+
+    # ------------------------------------------------------------------ nodes
+    def available(self, server_round: int) -> list[int]:
+        """The partition ids reachable now: nodes that left are dropped, nodes that joined
+        since the last round (e.g. a hospital that reconnected) are asked who they are."""
+        if server_round > 1:
+            self._refresh()
+        return sorted(self.node_of)
+
+    def _refresh(self) -> None:
+        online = set(self.grid.get_node_ids())
+        node_of = {p: n for p, n in self.node_of.items() if n in online}
+        known = set(self.pid_of) | self.ignored
+        new = [n for n in online if n not in known]
+        if new:
+            for node, pid in sorted(query_nodes(self.grid, new, min(self.timeout, 60.0)).items()):
+                if 0 <= pid < self.setup.n and pid not in node_of:
+                    node_of[pid] = node
+                else:
+                    self.ignored.add(node)
+        self.node_of = node_of
+        self.pid_of.update({n: p for p, n in node_of.items()})
+
+    # ------------------------------------------------------------------ messages
+    def _send(self, server_round: int, pids: list[int], global_vec: torch.Tensor,
+              message_type: str) -> tuple[list[Message], dict[str, int], list[int]]:
+        """Push one message per reachable pid; returns (replies, message id -> pid of the
+        node it was sent to, pids that did not reply)."""
+        arrays = to_record(self.template, global_vec)
+        config = ConfigRecord({"server-round": server_round, "fedmedsec-config": self.config_text})
+        sent = [Message(content=RecordDict({"arrays": arrays, "config": config}),
+                        message_type=message_type, dst_node_id=self.node_of[p])
+                for p in pids if p in self.node_of]
+        replies = exchange(self.grid, sent, self.timeout)
+        # an error reply that the SuperLink writes for an unreachable node does not carry
+        # that node as its source: map replies through the message they answer
+        dst = {m.metadata.message_id: self.pid_of[m.metadata.dst_node_id] for m in sent}
+        answered = {m.metadata.reply_to_message_id for m in replies}
+        missing = [p for p in pids if p not in self.node_of]
+        missing += [dst[m.metadata.message_id] for m in sent if m.metadata.message_id not in answered]
+        return replies, dst, sorted(missing)
+
+    def train(self, server_round: int, partition_ids: list[int],
+              global_vec: torch.Tensor) -> list[ClientReply]:
+        replies, dst, missing = self._send(server_round, partition_ids, global_vec, MessageType.TRAIN)
+        out = [ClientReply(pid, None, problem="no reply") for pid in missing]
+        for msg in replies:
+            pid = dst.get(msg.metadata.reply_to_message_id, -1)
+            out.append(parse_train_reply(self.template, pid, msg))
+        return out
+
+    def evaluate(self, server_round: int, partition_ids: list[int],
+                 global_vec: torch.Tensor) -> list[ClientEval]:
+        replies, dst, _ = self._send(server_round, partition_ids, global_vec, MessageType.EVALUATE)
+        evals = []
+        for msg in replies:
+            pid = dst.get(msg.metadata.reply_to_message_id, -1)
+            try:
+                m = msg.content["metrics"]
+                evals.append(ClientEval(pid, float(m["loss"]), float(m["accuracy"]),
+                                        int(m["num-examples"])))
+            except Exception:  # an error or malformed evaluation reply: no evaluation
+                continue
+        return evals
+
+
+def parse_train_reply(template: torch.nn.Module, pid: int, msg: Message) -> ClientReply:
+    """A train reply as a ``ClientReply``; a client error or malformed content becomes a
+    reply with ``problem`` set, never an exception."""
+    if msg.has_error():
+        return ClientReply(pid, None, problem=f"client error: {msg.error.reason[:200]}")
+    try:
+        metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
+        vec, problem = from_record(template, msg.content["arrays"])
+        n_ex = metrics.get("num-examples", 0)
+        n_ex = int(n_ex) if isinstance(n_ex, (int, float)) and n_ex == n_ex else 0
+    except Exception as e:  # malformed reply: record it, never crash the server
+        return ClientReply(pid, None, problem=f"malformed reply: {type(e).__name__}")
+    return ClientReply(pid, vec, n_ex, metrics, problem)
+
+
+def exchange(grid, messages: list[Message], timeout: float, poll: float = 0.5) -> list[Message]:
+    """Push ``messages`` and pull their replies until all arrived or ``timeout`` s passed.
+
+    ``Grid.send_and_receive`` does the same but the HTTP grid of a real SuperLink sleeps 3 s
+    between polls and the simulation grid 0.1 s (Flower 1.41-1.42); this polls after 10 ms
+    and backs off to every ``poll`` s, so fast rounds are not padded and slow ones do not
+    hammer the SuperLink. Missing replies are simply absent from the result."""
+    if not messages:
+        return []
+    ids = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    out: list[Message] = []
+    wait = 0.01
+    while ids:
+        got = list(grid.pull_messages(ids))
+        out.extend(got)
+        ids.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not ids or time.monotonic() >= deadline:
+            break
+        time.sleep(wait)
+        wait = min(wait * 2, poll)
+    return out
+
+
+def _query(node: int) -> Message:
+    return Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY,
+                   dst_node_id=node)
+
+
+def _partition_id(reply: Message) -> int | None:
+    if reply.has_error() or "metrics" not in reply.content:
+        return None
+    try:
+        return int(reply.content["metrics"]["partition-id"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def query_nodes(grid, nodes: Iterable[int], timeout: float) -> dict[int, int]:
+    """Ask ``nodes`` for their partition id. Returns node id -> partition id for the nodes
+    that answered (``-1`` when the node has no ``partition-id`` in its node config)."""
+    found: dict[int, int] = {}
+    for reply in exchange(grid, [_query(n) for n in nodes], timeout):
+        pid = _partition_id(reply)
+        if pid is not None:
+            found[reply.metadata.src_node_id] = pid
+    return found
+
+
+def discover_nodes(grid, expected: int, timeout: float, minimum: int | None = None,
+                   poll: float = 0.5) -> dict[int, int]:
+    """Ask every connected node for its partition id, including nodes that connect while
+    waiting. Returns as soon as ``expected`` partitions answered; after ``timeout`` s goes on
+    with at least ``minimum`` (default ``expected``), or raises ``RunFailed`` with fewer.
+    Returns partition id -> node id (a duplicate or out-of-range partition id is ignored)."""
+    minimum = expected if minimum is None else minimum
+    deadline = time.monotonic() + timeout
+    node_of: dict[int, int] = {}
+    asked: set[int] = set()
+    pending: set[str] = set()
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if new:
+            asked.update(new)
+            pending.update(grid.push_messages([_query(n) for n in new]))
+        if pending:
+            got = list(grid.pull_messages(pending))
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            for reply in got:
+                pid = _partition_id(reply)
+                if pid is not None and 0 <= pid < expected:
+                    node_of.setdefault(pid, reply.metadata.src_node_id)
+        if len(node_of) >= expected or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    if len(node_of) < minimum:
+        raise RunFailed(
+            f"only {len(node_of)} hospital(s) answered within {timeout:g} s; "
+            f"experiment.min_hospitals = {minimum} needed")
+    return node_of
