@@ -1,6 +1,6 @@
-"""`fedmedsec sweep`: grid expansion, impossible points, the results table, resume, and (slow)
-one federated sweep on a shared Ray head. The mechanics tests use experiment.mode =
-"centralized" (same engine and run directory, no Ray) so they take seconds."""
+"""`fedmedsec sweep`: grid expansion, impossible points, the results table, resume. The
+mechanics tests use simulation.backend = "inprocess" (same round loop and run directory, no
+Ray) so they take seconds."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ base = "{base}"
 """
 
 
-def write_grid(tmp: Path, *, rounds=2, extra='"experiment.mode" = "centralized"', text=None) -> Path:
+def write_grid(tmp: Path, *, rounds=2, extra='"simulation.backend" = "inprocess"\n"experiment.mia" = false', text=None) -> Path:
     g = tmp / "grid.toml"
     g.write_text(text or EXAMPLE.format(base=QUICKSTART, rounds=rounds, extra=extra))
     return g
@@ -91,7 +91,7 @@ base = "{QUICKSTART}"
 [grid]
 "data.num_hospitals" = [4, 0]
 [fixed]
-"experiment.mode" = "centralized"
+"simulation.backend" = "inprocess"
 "experiment.rounds" = 1
 """)
     pts, log = sweep(g, tmp_path / "out")
@@ -146,11 +146,10 @@ def test_example_grid_table_resume_and_report(tmp_path):
     grid, out = write_grid(tmp_path), tmp_path / "sweep"
     pts, log = sweep(grid, out)
     assert [p.status for p in pts] == ["done"] * 8
-    assert "Ray head" not in log  # centralized runs need no Ray
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 8 and len(pd.read_parquet(out / "results.parquet")) == 8
     for col in ("attack.name", "defense.name", "experiment.seed", "clean_accuracy",
-                "worst_honest_hospital_accuracy", "mia_auc", "cost_seconds_per_round"):
+                "worst_honest_hospital_accuracy", "cost_seconds_per_round"):
         assert col in table, col
     assert sorted(table["experiment.seed"]) == [0, 0, 0, 0, 1, 1, 1, 1]
 

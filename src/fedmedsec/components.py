@@ -10,6 +10,10 @@ def registry_for(section: str) -> Registry:
         from .data import DATASETS
 
         return DATASETS
+    if section == "data.partition":
+        from .data.partition import PARTITIONERS
+
+        return PARTITIONERS
     if section == "model":
         from .models import MODELS
 

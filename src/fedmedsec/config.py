@@ -1,70 +1,104 @@
 """Experiment configuration: TOML file + ``-s dotted.key=value`` overrides, validated.
 
-Every section has defaults, so a config file lists only what it changes. Sections with a
-``name`` (data, model, attack, defense) take the component's own keys, validated by the
-parameter model the component registered (``registry.Entry.params``): unknown keys are
-errors everywhere. Every error is a ``ConfigError`` whose message is one line naming the
-key, the value and what is allowed.
+Every section has defaults, so a config file lists only what it changes. Types are strict
+(``rounds = true`` is not 1, ``mia = "yes"`` is not true) and numbers are finite unless a
+key says otherwise. Sections whose ``name`` (or ``mode``) picks a component are
+discriminated unions:
+
+- ``privacy`` is one of three models by ``mode`` (``none``, ``dp_sgd``, ``central``), so
+  ``privacy.clip_norm`` under ``dp_sgd`` is an unknown key, not silently ignored;
+- ``data``, ``model``, ``attack`` and ``defense`` take the component's own keys, validated by
+  the parameter model the component registered (``registry.Entry.params``), and the section's
+  common keys only where the component declares it uses them (registry capabilities:
+  ``data.alpha`` only for ``partition = "dirichlet"``, ``defense.root_size`` only for a rule
+  that ``needs_reference``, ``attack.fraction`` not for ``attack.name = "none"``).
+
+Every error is a ``ConfigError`` whose message is one line naming the key, the value and
+what is allowed; ``ConfigError.key`` names the key and ``.inapplicable`` says the key is
+valid elsewhere but does not apply to this point (sweeps drop such keys per point).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+#: keys of the named sections that are not component parameters
 COMMON_KEYS = {
-    "data": {"name", "num_hospitals", "partition", "alpha", "classes_per_hospital",
-             "min_records", "test_fraction", "local_test_fraction", "quantity_sigma"},
+    "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
+             "local_test_fraction"},
     "model": {"name"},
     "attack": {"name", "fraction", "hospitals", "start_round", "end_round"},
     "defense": {"name", "f", "pre", "weighted", "root_size", "max_update_norm"},
 }
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
-    """A user mistake in the configuration; ``str(e)`` is the one line to print."""
+    """A user mistake in the configuration; ``str(e)`` is the one line to print.
+
+    key: the dotted key at fault, when there is one. inapplicable: the key exists but does
+    not apply to the chosen component or mode."""
+
+    def __init__(self, message: str, key: str | None = None, inapplicable: bool = False) -> None:
+        super().__init__(message)
+        self.key = key
+        self.inapplicable = inapplicable
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class _Named(BaseModel):
     """A section whose ``name`` picks a registered component; other keys are its params."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
 
     def component_params(self) -> dict[str, Any]:
         return dict(self.__pydantic_extra__ or {})
 
 
 class ExperimentConfig(_Section):
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    name: str = Field("experiment", min_length=1, max_length=100)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     rounds: int = Field(20, ge=1, le=100_000)
     mode: Literal["federated", "centralized"] = "federated"
-    eval_every: int = Field(1, ge=1, description="per-hospital evaluation every k rounds")
+    eval_every: int = Field(1, ge=1, le=100_000, description="per-hospital evaluation every k rounds")
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="hospitals sampled per round")
-    round_timeout: float = Field(600.0, gt=0, description="seconds to wait for replies")
-    min_hospitals: int = Field(1, ge=1, description="replies a round needs to aggregate")
+    round_timeout: float = Field(600.0, gt=0, le=86_400, description="seconds to wait for replies")
+    min_hospitals: int = Field(1, ge=1, le=100_000, description="replies a round needs to aggregate")
     mia: bool = Field(True, description="membership inference on the final model")
     mia_lira_shadows: int = Field(
         0, ge=0, le=256, description="also run offline LiRA with this many shadow models (0: off)")
+    clean_twin: bool = Field(
+        True, description="targeted attacks: also train the same config without the attack and "
+                          "report the trigger's success on it (attack_success_rate_clean)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.mia_lira_shadows and not self.mia:
+            raise ValueError("experiment.mia_lira_shadows needs experiment.mia = true")
+        if self.mia_lira_shadows == 1:
+            raise ValueError("experiment.mia_lira_shadows = 1: LiRA needs >= 2 shadow models (0 turns it off)")
+        return self
 
 
 class DataConfig(_Named):
     name: str = "wdbc"
-    num_hospitals: int = Field(10, ge=1, le=10_000)
+    num_hospitals: int | None = Field(
+        None, ge=1, le=100_000,
+        description="hospitals (default 10; the natural split takes it from the data)")
     partition: Literal["iid", "dirichlet", "quantity", "pathological", "natural"] = "iid"
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew)")
-    quantity_sigma: float = Field(1.0, gt=0, description="log-normal sigma of sizes")
-    classes_per_hospital: int = Field(1, ge=1, description="pathological: classes each")
-    min_records: int = Field(2, ge=1, description="fewest training records per hospital")
+    min_records: int = Field(2, ge=1, le=1_000_000, description="fewest training records per hospital")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held out at the server")
     local_test_fraction: float = Field(0.25, gt=0, lt=1, description="each hospital's test")
 
@@ -75,50 +109,79 @@ class ModelConfig(_Named):
 
 class TrainConfig(_Section):
     local_epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(16, ge=1, le=1_000_000)
+    lr: float = Field(0.05, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=100)
 
 
 class AttackConfig(_Named):
     name: str = "none"
     fraction: float = Field(0.0, ge=0.0, le=1.0)
-    hospitals: list[int] | None = None
-    start_round: int = Field(1, ge=1)
-    end_round: int | None = Field(None, ge=1)
+    hospitals: list[int] | None = Field(None, max_length=100_000)
+    start_round: int = Field(1, ge=1, le=100_000)
+    end_round: int | None = Field(None, ge=1, le=100_000)
 
 
 class DefenseConfig(_Named):
     name: str = "fedavg"
-    f: int = Field(0, ge=0, description="Byzantine clients the defender assumes")
-    pre: list[str] = Field(default_factory=list)
+    f: int = Field(0, ge=0, le=100_000, description="Byzantine clients the defender assumes")
+    pre: list[str] = Field(default_factory=list, max_length=8)
     weighted: bool = Field(False, description="weight by reported num-examples")
-    root_size: int = Field(20, ge=1, description="FLTrust: server's clean root set size")
-    max_update_norm: float = Field(1e6, gt=0, description="replies above this norm are dropped")
-
-
-class PrivacyConfig(_Section):
-    mode: Literal["none", "dp_sgd", "central"] = "none"
-    noise_multiplier: float | None = Field(None, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example clip")
-    target_epsilon: float | None = Field(None, gt=0)
-    target_delta: float = Field(1e-5, gt=0, lt=1)
-    clip_norm: float = Field(1.0, gt=0, description="central DP: per-update clip S")
+    root_size: int = Field(20, ge=1, le=1_000_000, description="FLTrust: server's clean root set size")
+    max_update_norm: float = Field(
+        1e6, gt=0, description="replies above this norm are dropped (inf: no limit)",
+        allow_inf_nan=True)
 
     @model_validator(mode="after")
-    def _noise_given(self) -> PrivacyConfig:
-        if self.mode == "dp_sgd" and self.noise_multiplier is None and self.target_epsilon is None:
-            self.noise_multiplier = 1.0
-        if self.mode == "central" and self.noise_multiplier is None:
+    def _not_nan(self) -> DefenseConfig:
+        if math.isnan(self.max_update_norm):
+            raise ValueError("defense.max_update_norm must be a number > 0 (inf: no limit)")
+        return self
+
+
+class PrivacyNone(_Section):
+    """No differential privacy."""
+
+    mode: Literal["none"] = "none"
+
+
+class PrivacyDPSGD(_Section):
+    """Record-level DP-SGD in every hospital (Opacus). Give ``noise_multiplier`` or
+    ``target_epsilon`` (sigma solved per hospital), not both; neither means sigma = 1."""
+
+    mode: Literal["dp_sgd"]
+    noise_multiplier: float | None = Field(None, ge=0, le=1000)
+    target_epsilon: float | None = Field(None, ge=0.01, le=1000)
+    target_delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="DP-SGD per-example clip")
+
+    @model_validator(mode="after")
+    def _one_noise(self) -> PrivacyDPSGD:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("give privacy.noise_multiplier or privacy.target_epsilon, not both")
+        if self.noise_multiplier is None and self.target_epsilon is None:
             self.noise_multiplier = 1.0
         return self
 
 
+class PrivacyCentral(_Section):
+    """Client-level DP-FedAvg at the server: clip each update to ``clip_norm``, add noise."""
+
+    mode: Literal["central"]
+    noise_multiplier: float = Field(1.0, ge=0, le=1000)
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="central DP: per-update clip S")
+    target_delta: float = Field(1e-5, gt=0, lt=1)
+
+
+PrivacyConfig = Annotated[PrivacyNone | PrivacyDPSGD | PrivacyCentral, Field(discriminator="mode")]
+PRIVACY_MODELS = {"none": PrivacyNone, "dp_sgd": PrivacyDPSGD, "central": PrivacyCentral}
+
+
 class SimulationConfig(_Section):
-    num_cpus_per_client: float = Field(1.0, gt=0)
-    num_gpus_per_client: float = Field(0.0, ge=0)
-    ray_address: str | None = None
+    num_cpus_per_client: float = Field(1.0, gt=0, le=1024)
+    num_gpus_per_client: float = Field(0.0, ge=0, le=64)
+    ray_address: str | None = Field(None, min_length=1, max_length=300)
     backend: Literal["ray", "inprocess"] = Field(
         "ray", description="ray: Flower simulation on Ray; inprocess: same logic, one process")
 
@@ -130,19 +193,40 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyNone)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _privacy_mode_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("privacy"), dict) and "mode" not in data["privacy"]:
+            data = {**data, "privacy": {"mode": "none", **data["privacy"]}}
+        return data
+
     def params(self, section: str) -> BaseModel:
-        """The validated parameter model of the component a named section picks."""
+        """The validated parameter model of the component a named section picks
+        (``"partition"``: the partitioner's own keys of the data section)."""
         if section not in self._params:
             self._params[section] = _validate_section(self, section)
         return self._params[section]
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(self.model_dump(mode="json"))
+        """The resolved config: every key with its value, component keys included."""
+        out = {}
+        for name in type(self).model_fields:
+            sec = getattr(self, name)
+            if isinstance(sec, _Named):
+                keep = applicable_common_keys(name, _registry(name).get(sec.name), self)
+                d = {k: v for k, v in sec.model_dump(mode="json").items() if k in keep}
+                d.update(self.params(name).model_dump(mode="json"))
+                if name == "data":
+                    d.update(self.params("partition").model_dump(mode="json"))
+            else:
+                d = sec.model_dump(mode="json")
+            out[name] = d
+        return _drop_none(out)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -156,12 +240,15 @@ def _drop_none(d: Any) -> Any:
 
 # --------------------------------------------------------------------------- loading
 
+#: TOML nesting deeper than this is refused before parsing (no RecursionError)
+MAX_DEPTH = 16
+
 
 def parse_value(text: str) -> Any:
     """Parse an override value as a TOML value; fall back to a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -184,21 +271,38 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     for p in parts[:-1]:
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key!r}: {p} is a value, not a section")
+            raise ConfigError(f"override {key!r}: {p} is a value, not a section", key=key)
         node = nxt
     node[parts[-1]] = value
 
 
+def _nesting(text: str) -> int:
+    depth = best = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)[:200]!r} does not exist")
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)[:200]!r} cannot be read: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(p)!r} is not a UTF-8 text file") from None
+        raise ConfigError(f"config file {str(p)[:200]!r} is not a UTF-8 text file") from None
+    if _nesting(text) > MAX_DEPTH:
+        raise ConfigError(f"config file {str(p)[:200]!r}: nested deeper than {MAX_DEPTH} levels")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)[:200]!r} is not valid TOML: {e}") from None
 
 
 def load_config(
@@ -216,10 +320,12 @@ def load_config(
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a table of sections")
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, data)) from None
+        raise _config_error(e, data) from None
     validate_components(cfg)
     return cfg
 
@@ -235,23 +341,40 @@ def _lookup(data: Any, loc: tuple) -> Any:
     return data
 
 
-def _format_validation_error(e: ValidationError, data: dict[str, Any], prefix: str = "") -> str:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _config_error(e: ValidationError, data: dict[str, Any], prefix: str = "") -> ConfigError:
     err = e.errors()[0]
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    if not prefix and len(loc) >= 2 and loc[0] == "privacy" and loc[1] in PRIVACY_MODELS:
+        mode, loc = loc[1], ("privacy",) + loc[2:]  # the union's tag is not part of the key
+        if err["type"] == "extra_forbidden":
+            key = ".".join(str(x) for x in loc)
+            allowed = ", ".join(PRIVACY_MODELS[mode].model_fields)
+            return ConfigError(f"{key} does not apply to privacy.mode = {mode!r}; it takes {allowed}",
+                               key=key, inapplicable=True)
     key = prefix + ".".join(str(x) for x in loc)
     if err["type"] == "extra_forbidden":
-        return f"unknown key {key!r}" + _allowed_hint(prefix, loc)
+        return ConfigError(f"unknown key {key!r}" + _allowed_hint(prefix, loc), key=key)
+    if err["type"] == "union_tag_invalid":
+        return ConfigError(f"privacy.mode = {_short(_lookup(data, ('privacy', 'mode')))}: choose one of "
+                           f"{', '.join(PRIVACY_MODELS)}", key="privacy.mode")
     value = _lookup(data, loc)
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return f"{key} = {value!r}: {msg[0].lower() + msg[1:]}"
+    if err["type"].endswith("_type") or err["type"] in ("model_type", "dict_type"):
+        msg = f"{msg} (got {type(value).__name__})"
+    return ConfigError(f"{key} = {_short(value)}: {msg[0].lower() + msg[1:]}", key=key)
 
 
 def _allowed_hint(prefix: str, loc: tuple) -> str:
     if not prefix and len(loc) == 1:
         return f"; sections are {', '.join(Config.model_fields)}"
-    if not prefix and len(loc) == 2 and loc[0] in Config.model_fields:
+    if not prefix and len(loc) == 2 and loc[0] in Config.model_fields and loc[0] != "privacy":
         fields = Config.model_fields[loc[0]].annotation.model_fields  # type: ignore[union-attr]
         return f"; {loc[0]} takes {', '.join(fields)}"
     return ""
@@ -265,32 +388,71 @@ def _registry(section: str):
     return components.registry_for(section)
 
 
+def _given(sec: BaseModel) -> set[str]:
+    return set(sec.model_fields_set) - set(sec.__pydantic_extra__ or {})
+
+
+def applicable_common_keys(section: str, entry, cfg: Config) -> set[str]:
+    """The section's common keys that the chosen component uses (registry capabilities)."""
+    keys = set(COMMON_KEYS[section])
+    if section == "attack" and entry.meta.get("kind") == "none":
+        keys = {"name"}
+    if section == "defense":
+        if not entry.meta.get("needs_reference"):
+            keys.discard("root_size")
+        if not entry.meta.get("uses_f", True):
+            keys.discard("f")
+    return keys
+
+
 def _validate_section(cfg: Config, section: str) -> BaseModel:
+    if section == "partition":
+        entry = _registry("data.partition").get(cfg.data.partition)
+        extra = {k: v for k, v in cfg.data.component_params().items() if k in entry.params.model_fields}
+        return _validate_params(entry, extra, "data", f"data.partition = {cfg.data.partition!r}")
     sec: _Named = getattr(cfg, section)
     reg = _registry(section)
     if sec.name not in reg:
         raise ConfigError(
-            f"{section}.name = {sec.name!r}: unknown {section}; choose one of {', '.join(reg.names())}"
-        )
+            f"{section}.name = {_short(sec.name)}: unknown {section}; choose one of {', '.join(reg.names())}",
+            key=f"{section}.name")
     entry = reg.get(sec.name)
+    for k in sorted(_given(sec) - applicable_common_keys(section, entry, cfg)):
+        raise ConfigError(f"{section}.{k} does not apply to {section}.name = {sec.name!r}",
+                          key=f"{section}.{k}", inapplicable=True)
     extra = sec.component_params()
+    if section == "data":  # the partitioner's own keys are validated by it
+        part = _registry("data.partition")
+        part_keys = {k for e in part for k in e.params.model_fields}
+        own = set(part.get(cfg.data.partition).params.model_fields)
+        for k in sorted(set(extra) & part_keys - own):
+            raise ConfigError(f"data.{k} does not apply to data.partition = {cfg.data.partition!r}",
+                              key=f"data.{k}", inapplicable=True)
+        extra = {k: v for k, v in extra.items() if k not in part_keys}
+    return _validate_params(entry, extra, section, f"{section}.name = {sec.name!r}",
+                            allowed_extra=applicable_common_keys(section, entry, cfg))
+
+
+def _validate_params(entry, extra: dict, section: str, what: str,
+                     allowed_extra: set[str] = frozenset()) -> BaseModel:
     try:
-        return entry.params.model_validate(extra)
+        return entry.params.model_validate(extra, strict=True)
     except ValidationError as e:
         err = e.errors()[0]
         if err["type"] == "extra_forbidden":
             k = ".".join(str(x) for x in err["loc"])
-            allowed = sorted(set(entry.params.model_fields) | COMMON_KEYS.get(section, set()))
+            allowed = sorted(set(entry.params.model_fields) | set(allowed_extra))
             raise ConfigError(
-                f"unknown key '{section}.{k}' for {section}.name = {sec.name!r}; "
-                f"allowed: {', '.join(allowed)}"
-            ) from None
-        raise ConfigError(_format_validation_error(e, extra, prefix=f"{section}.")) from None
+                f"unknown key '{section}.{k}' for {what}; allowed: {', '.join(allowed)}",
+                key=f"{section}.{k}") from None
+        raise _config_error(e, extra, prefix=f"{section}.") from None
 
 
 def validate_components(cfg: Config) -> None:
-    """Validate each named section's own keys and cross-section constraints."""
-    for section in ("data", "model", "attack", "defense"):
+    """Validate each named section's own keys and the constraints between sections that
+    do not need the data (those that do, e.g. attack.hospitals against the number of
+    hospitals, are checked by ``experiment.build_setup``)."""
+    for section in ("data", "model", "attack", "defense", "partition"):
         cfg.params(section)
     from . import components
 
@@ -298,27 +460,29 @@ def validate_components(cfg: Config) -> None:
         if name not in components.registry_for("defense.pre"):
             raise ConfigError(
                 f"defense.pre = {cfg.defense.pre}: unknown step {name!r}; choose from "
-                f"{', '.join(components.registry_for('defense.pre').names())}"
-            )
-    a = cfg.attack
+                f"{', '.join(components.registry_for('defense.pre').names())}", key="defense.pre")
+    a, e = cfg.attack, cfg.experiment
     if a.end_round is not None and a.end_round < a.start_round:
         raise ConfigError(
-            f"attack.end_round = {a.end_round}: must be >= attack.start_round ({a.start_round})"
-        )
-    n = cfg.data.num_hospitals
-    if a.hospitals is not None:
-        bad = [h for h in a.hospitals if not 0 <= h < n]
-        if bad:
-            raise ConfigError(
-                f"attack.hospitals = {a.hospitals}: ids must be in 0..{n - 1} "
-                f"(data.num_hospitals = {n})"
-            )
-    if cfg.defense.f >= n and cfg.defense.name != "fedavg":
-        raise ConfigError(
-            f"defense.f = {cfg.defense.f}: must be smaller than data.num_hospitals ({n})"
-        )
-    if cfg.experiment.min_hospitals > n:
-        raise ConfigError(
-            f"experiment.min_hospitals = {cfg.experiment.min_hospitals}: "
-            f"must be <= data.num_hospitals ({n})"
-        )
+            f"attack.end_round = {a.end_round}: must be >= attack.start_round ({a.start_round})",
+            key="attack.end_round")
+    if a.start_round > e.rounds and "start_round" in _given(a):
+        raise ConfigError(f"attack.start_round = {a.start_round}: the run has only {e.rounds} rounds "
+                          "(experiment.rounds)", key="attack.start_round")
+    if e.eval_every > e.rounds:
+        raise ConfigError(f"experiment.eval_every = {e.eval_every}: must be <= experiment.rounds ({e.rounds})",
+                          key="experiment.eval_every")
+    if e.mode == "centralized":
+        for key, off in (("attack.name", "none"), ("defense.name", "fedavg"), ("privacy.mode", "none")):
+            sec, _, field = key.partition(".")
+            value = getattr(getattr(cfg, sec), field)
+            if value != off:
+                raise ConfigError(
+                    f"{key} = {value!r} does not apply to experiment.mode = 'centralized' (one model "
+                    "trained on the pooled data, no federation)", key=key, inapplicable=True)
+    sim = cfg.simulation
+    if sim.backend == "inprocess":
+        for k in ("ray_address", "num_cpus_per_client", "num_gpus_per_client"):
+            if k in sim.model_fields_set:
+                raise ConfigError(f"simulation.{k} does not apply to simulation.backend = 'inprocess'",
+                                  key=f"simulation.{k}", inapplicable=True)

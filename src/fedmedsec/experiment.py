@@ -88,19 +88,22 @@ class Setup:
 
 
 def build_setup(cfg: Config) -> Setup:
+    """The data, model and attackers of ``cfg``, with every check that needs the data."""
     data = build_federated_data(cfg)
+    n = len(data.hospitals)
     model_entry = MODELS.get(cfg.model.name)
     allowed = model_entry.meta.get("modalities")
     if allowed and data.modality not in allowed:
         raise ConfigError(
             f"model.name = {cfg.model.name!r}: made for {'/'.join(allowed)} data, but "
-            f"data.name = {cfg.data.name!r} is {data.modality}"
+            f"data.name = {cfg.data.name!r} is {data.modality}", key="model.name"
         )
+    _check_against_hospitals(cfg, n)
     a = cfg.attack
     attackers: tuple[int, ...] = ()
     if a.name != "none":
         try:
-            attackers = tuple(choose_attackers(len(data.hospitals), a.fraction, a.hospitals, cfg.experiment.seed))
+            attackers = tuple(choose_attackers(n, a.fraction, a.hospitals, cfg.experiment.seed))
         except ValueError as e:
             raise ConfigError(str(e)) from None
     setup = Setup(cfg=cfg, data=data, attackers=attackers)
@@ -108,6 +111,27 @@ def build_setup(cfg: Config) -> Setup:
     if cfg.privacy.mode == "dp_sgd":
         _check_dp_compatible(setup)
     return setup
+
+
+def _check_against_hospitals(cfg: Config, n: int) -> None:
+    a = cfg.attack
+    if a.hospitals is not None:
+        bad = [h for h in a.hospitals if not 0 <= h < n]
+        if bad:
+            raise ConfigError(f"attack.hospitals = {a.hospitals}: ids must be in 0..{n - 1} ({n} hospitals)",
+                              key="attack.hospitals")
+    if "f" in cfg.defense.model_fields_set and cfg.defense.f >= n:
+        raise ConfigError(f"defense.f = {cfg.defense.f}: must be smaller than the {n} hospitals",
+                          key="defense.f")
+    if cfg.experiment.min_hospitals > n:
+        raise ConfigError(f"experiment.min_hospitals = {cfg.experiment.min_hospitals}: must be <= the "
+                          f"{n} hospitals", key="experiment.min_hospitals")
+    per_round = max(1, int(round(n * cfg.experiment.fraction_train)))
+    if cfg.experiment.min_hospitals > per_round:
+        raise ConfigError(
+            f"experiment.min_hospitals = {cfg.experiment.min_hospitals}: a round samples only {per_round} "
+            f"hospitals (experiment.fraction_train = {cfg.experiment.fraction_train} of {n}), so no round "
+            "could ever aggregate", key="experiment.min_hospitals")
 
 
 def _check_dp_compatible(setup: Setup) -> None:

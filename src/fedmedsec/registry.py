@@ -19,13 +19,14 @@ T = TypeVar("T")
 class NoParams(BaseModel):
     """Parameter model of a component that takes none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Params(BaseModel):
-    """Base class for component parameter models: unknown keys are refused."""
+    """Base class for component parameter models: unknown keys are refused, types are
+    strict (no ``true`` for an int) and floats finite unless a field allows inf."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

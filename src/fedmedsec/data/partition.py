@@ -10,10 +10,25 @@ Every hospital gets at least ``min_records`` records or a ``PartitionError`` say
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
-from ..registry import Registry
+from ..registry import Params, Registry
 
+#: name -> partitioner(y, n, rng, *, min_records, sites=None, **own params) -> list of
+#: index arrays. Each registers the parameter model of its own ``data.*`` keys.
 PARTITIONERS: Registry = Registry("data.partition")
+
+
+class DirichletParams(Params):
+    alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (label skew)")
+
+
+class QuantityParams(Params):
+    quantity_sigma: float = Field(1.0, gt=0, le=100, description="log-normal sigma of sizes")
+
+
+class PathologicalParams(Params):
+    classes_per_hospital: int = Field(1, ge=1, le=100_000, description="classes each hospital holds")
 
 
 class PartitionError(ValueError):
@@ -42,7 +57,7 @@ def iid(y: np.ndarray, n: int, rng: np.random.Generator, *, min_records: int, **
     return _check_sizes(np.array_split(rng.permutation(len(y)), n), min_records, "iid split")
 
 
-@PARTITIONERS.register("dirichlet")
+@PARTITIONERS.register("dirichlet", DirichletParams)
 def dirichlet(
     y: np.ndarray, n: int, rng: np.random.Generator, *, min_records: int, alpha: float, **_,
 ) -> list[np.ndarray]:
@@ -66,7 +81,7 @@ def dirichlet(
     return _check_sizes([np.asarray(p, dtype=np.int64) for p in parts], min_records, "dirichlet split")
 
 
-@PARTITIONERS.register("quantity")
+@PARTITIONERS.register("quantity", QuantityParams)
 def quantity(
     y: np.ndarray, n: int, rng: np.random.Generator, *, min_records: int, quantity_sigma: float, **_
 ) -> list[np.ndarray]:
@@ -82,7 +97,7 @@ def quantity(
     return _check_sizes(np.split(perm, np.cumsum(sizes)[:-1]), min_records, "quantity split")
 
 
-@PARTITIONERS.register("pathological")
+@PARTITIONERS.register("pathological", PathologicalParams)
 def pathological(
     y: np.ndarray, n: int, rng: np.random.Generator, *, min_records: int,
     classes_per_hospital: int, **_,
@@ -116,19 +131,22 @@ def pathological(
 
 @PARTITIONERS.register("natural")
 def natural(
-    y: np.ndarray, n: int, rng: np.random.Generator, *, min_records: int,
+    y: np.ndarray, n: int | None, rng: np.random.Generator, *, min_records: int,
     sites: np.ndarray | None = None, **_,
 ) -> list[np.ndarray]:
-    """The real cross-silo split: each distinct site (sorted by name) is one hospital."""
+    """The real cross-silo split: each distinct site (sorted by name) is one hospital;
+    ``n`` None takes the number of sites, a given ``n`` must equal it."""
     if sites is None:
         raise PartitionError(
             "data.partition = 'natural' needs a dataset with sites (e.g. csv with data.site_column)"
         )
     names = sorted(set(sites.tolist()))
+    if n is None:
+        n = len(names)
     if len(names) != n:
         raise PartitionError(
             f"data.num_hospitals = {n}: the data has {len(names)} sites ({', '.join(names)}); "
-            f"set data.num_hospitals = {len(names)}"
+            f"leave data.num_hospitals out (the natural split takes it from the data) or set it to {len(names)}"
         )
     return _check_sizes(
         [np.flatnonzero(sites == s) for s in names], min_records, "natural (per-site) split"

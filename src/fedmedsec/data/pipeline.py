@@ -113,6 +113,9 @@ def _config_key(data_cfg: dict, seed: int, root_size: int) -> str:
 
 _CACHE: dict[str, FederatedData] = {}
 
+#: hospitals when ``data.num_hospitals`` is not given (and the split does not define it)
+DEFAULT_HOSPITALS = 10
+
 
 def build_federated_data(cfg) -> FederatedData:
     """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
@@ -121,7 +124,7 @@ def build_federated_data(cfg) -> FederatedData:
 
     needs_root = AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference", False)
     root = cfg.defense.root_size if needs_root else 0
-    key = _config_key(cfg.data.model_dump(mode="json"), cfg.experiment.seed, root)
+    key = _config_key(cfg.to_dict()["data"], cfg.experiment.seed, root)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
@@ -159,10 +162,11 @@ def _build(cfg, root_size: int) -> FederatedData:
     # partitioner must leave room for at least one local test record each.
     min_total = d.min_records + max(1, int(np.ceil(d.local_test_fraction * d.min_records)))
     part = PARTITIONERS.get(d.partition).obj
-    parts = part(
-        y, d.num_hospitals, rng_part, min_records=min_total, alpha=d.alpha,
-        quantity_sigma=d.quantity_sigma, classes_per_hospital=d.classes_per_hospital, sites=sites,
-    )
+    n_hospitals = d.num_hospitals
+    if n_hospitals is None and d.partition != "natural":
+        n_hospitals = DEFAULT_HOSPITALS
+    parts = part(y, n_hospitals, rng_part, min_records=min_total, sites=sites,
+                 **cfg.params("partition").model_dump())
     site_names = sorted(set(sites.tolist())) if (d.partition == "natural" and sites is not None) else None
     hosp_idx: list[tuple[np.ndarray, np.ndarray]] = []
     for idx in parts:

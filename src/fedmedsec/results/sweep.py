@@ -185,9 +185,12 @@ def expand(grid: Grid) -> list[Point]:
                 break
             except ConfigError as e:
                 m = _UNKNOWN_KEY.match(str(e))
-                if m and m.group(1) in varied and m.group(1) not in dropped:
-                    _del(raw, m.group(1))  # a key this point's component does not take
-                    dropped.append(m.group(1))
+                key = m.group(1) if m else (e.key if e.inapplicable else None)
+                if key and key not in dropped and (key in varied or e.inapplicable):
+                    # a key this point's component or mode does not take (also one the base
+                    # sets that the grid's change of component made meaningless)
+                    _del(raw, key)
+                    dropped.append(key)
                     continue
                 pt.error = str(e).splitlines()[0]
                 break
