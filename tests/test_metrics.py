@@ -3,6 +3,7 @@ predictions and against brute-force loops written from the definitions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -55,7 +56,7 @@ def brute_force_rates(pred, y, k):
     fn = sum(1 for p, t in zip(pred, y) if t == k and p != k)
     fp = sum(1 for p, t in zip(pred, y) if t != k and p == k)
     tn = sum(1 for p, t in zip(pred, y) if t != k and p != k)
-    r = lambda a, b: a / b if b else None  # noqa: E731
+    r = lambda a, b: a / b if b else None
     return r(tp, tp + fn), r(tn, tn + fp), r(tp, tp + fp), r(tn, tn + fn)
 
 
@@ -244,7 +245,7 @@ def test_merge_equals_counts_of_concatenation(ev, cuts):
     logits, y, C = ev
     N = len(y)
     bounds = sorted({0, N, *[min(c, N) for c in cuts]})
-    parts = [counts_from_logits(logits[a:b], y[a:b], C) for a, b in zip(bounds, bounds[1:])] or [
+    parts = [counts_from_logits(logits[a:b], y[a:b], C) for a, b in itertools.pairwise(bounds)] or [
         counts_from_logits(logits, y, C)]
     whole = counts_from_logits(logits, y, C)
     merged = merge(parts)

@@ -95,14 +95,14 @@ class ClassificationCounts:
         return int(self.confusion.sum())
 
     @classmethod
-    def zeros(cls, num_classes: int) -> "ClassificationCounts":
+    def zeros(cls, num_classes: int) -> ClassificationCounts:
         """The counts of an empty set (the identity of ``+``)."""
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         return cls(np.zeros((num_classes, num_classes), np.int64),
                    np.zeros((num_classes, num_classes, BINS), np.int64))
 
-    def __add__(self, other: "ClassificationCounts") -> "ClassificationCounts":
+    def __add__(self, other: ClassificationCounts) -> ClassificationCounts:
         if not isinstance(other, ClassificationCounts):
             return NotImplemented
         if other.num_classes != self.num_classes:
@@ -135,12 +135,13 @@ class ClassificationCounts:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassificationCounts":
+    def from_dict(cls, d: dict[str, Any]) -> ClassificationCounts:
         """Inverse of ``to_dict``; a mismatched size or binning is a ValueError."""
         C = int(d["num_classes"])
         if int(d.get("bins", BINS)) != BINS:
             raise ValueError(f"counts use {d['bins']} score bins; this version uses {BINS}")
-        out = cls.zeros(C)
+        if C < 2:
+            raise ValueError(f"num_classes must be >= 2, got {C}")
         conf = np.asarray(d["confusion"], dtype=np.int64)
         if conf.size != C * C:
             raise ValueError(f"confusion has {conf.size} entries for num_classes={C}")

@@ -1,5 +1,6 @@
 """Malicious-client detectors: flag clients per round before the aggregation rule."""
 
+from . import clustering, fldetector  # noqa: F401  (registers detectors)
 from .base import (
     DETECTORS,
     DetectionContext,
@@ -8,7 +9,6 @@ from .base import (
     Detector,
     aggregate_with_detection,
 )
-from . import clustering, fldetector  # noqa: F401  (registers detectors)
 from .fldetector import gap_statistic_multiple, lbfgs_hvp, two_means_1d
 
 __all__ = [

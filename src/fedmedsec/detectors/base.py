@@ -118,7 +118,7 @@ class DetectionCounts:
     tn: int = 0
 
     @classmethod
-    def of(cls, flagged: torch.Tensor | Sequence[bool], attacking: torch.Tensor | Sequence[bool]) -> "DetectionCounts":
+    def of(cls, flagged: torch.Tensor | Sequence[bool], attacking: torch.Tensor | Sequence[bool]) -> DetectionCounts:
         """Counts of ``flagged`` (Tensor[n] bool) against ``attacking`` (Tensor[n] bool: the
         row attacked this round)."""
         f = torch.as_tensor(flagged, dtype=torch.bool).reshape(-1)
@@ -127,7 +127,7 @@ class DetectionCounts:
             raise ValueError(f"flagged has {f.numel()} entries, attacking {a.numel()}")
         return cls(int((f & a).sum()), int((f & ~a).sum()), int((~f & a).sum()), int((~f & ~a).sum()))
 
-    def __add__(self, o: "DetectionCounts") -> "DetectionCounts":
+    def __add__(self, o: DetectionCounts) -> DetectionCounts:
         return DetectionCounts(self.tp + o.tp, self.fp + o.fp, self.fn + o.fn, self.tn + o.tn)
 
     @property
