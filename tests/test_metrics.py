@@ -107,6 +107,9 @@ def test_binary_positive_class_metrics():
     assert set(m["per_class"]) == {"benign", "malignant"}
     m0 = clinical_metrics(c, positive_label=0)
     assert m0["sensitivity"] == m["specificity"] and m0["ppv"] == m["npv"]
+    assert clinical_metrics(c, positive_label="benign", class_names=["benign", "malignant"])["ppv"] == m0["ppv"]
+    with pytest.raises(ValueError, match="not a class"):
+        clinical_metrics(c, positive_label="tumour", class_names=["benign", "malignant"])
 
 
 def test_multiclass_positive_label_is_one_vs_rest():

@@ -243,7 +243,7 @@ def class_auroc(counts: ClassificationCounts, k: int) -> float | None:
     return _auroc(pos, neg)
 
 
-def clinical_metrics(counts: ClassificationCounts, positive_label: int | None = None,
+def clinical_metrics(counts: ClassificationCounts, positive_label: int | str | None = None,
                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class sensitivity/specificity/PPV/AUROC, the positive
     class's sensitivity/specificity/PPV/NPV, AUROC and mean loss from counts.
@@ -256,14 +256,20 @@ def clinical_metrics(counts: ClassificationCounts, positive_label: int | None = 
     otherwise the unweighted mean of the one-vs-rest AUROCs over the classes whose AUROC is
     defined (scikit-learn's ``multi_class="ovr", average="macro"`` when all are present).
 
-    positive_label: the class of interest (e.g. malignant); default 1 for binary tasks, None
-    otherwise (then the positive-class keys are None). Every ratio whose denominator is zero
-    is None (a class absent from the labels has no sensitivity; AUROC needs both sides).
+    positive_label: the class of interest, an index or one of ``class_names`` (e.g.
+    "malignant": index 0 in WDBC and BreastMNIST, so the binary default of 1 is wrong there);
+    default 1 for binary tasks, None otherwise (then the positive-class keys are None). Every
+    ratio whose denominator is zero is None (a class absent from the labels has no
+    sensitivity; AUROC needs both sides).
     """
     C = counts.num_classes
     if class_names is not None and len(class_names) != C:
         raise ValueError(f"class_names has {len(class_names)} names for {C} classes")
     names = [str(n) for n in class_names] if class_names is not None else [str(k) for k in range(C)]
+    if isinstance(positive_label, str):
+        if positive_label not in names:
+            raise ValueError(f"positive_label {positive_label!r} is not a class; choose one of {', '.join(names)}")
+        positive_label = names.index(positive_label)
     if positive_label is None and C == 2:
         positive_label = 1
     if positive_label is not None and not 0 <= positive_label < C:
