@@ -8,7 +8,7 @@ import torch
 
 from fedmedsec.client import local_evaluate, local_train
 from fedmedsec.config import load_config
-from fedmedsec.evaluation import server_metrics
+from fedmedsec.evaluation import round_metrics, server_evaluation
 from fedmedsec.experiment import build_setup
 from fedmedsec.results.summary import detection_rates
 from fedmedsec.server import ClientEval, ClientReply, Coordinator
@@ -116,14 +116,14 @@ def test_detection_rates_count_exclusions_against_true_attackers():
 def test_a_federated_round_trains_and_evaluates_in_process():
     co = _co()
     s = co.setup
-    before = server_metrics(s, co.global_model())["clean_accuracy"]
+    before = round_metrics(s, server_evaluation(s, co.global_model()))["clean_accuracy"]
     for r in (1, 2, 3, 4, 5):
         replies = []
         for h in s.data.hospitals:
             v, m = local_train(s, h, co.global_vec, r, {})
             replies.append(ClientReply(h.id, v, int(m["num-examples"]), m))
         _aggregate(co, r, replies)
-        evals = [ClientEval(h.id, **{k: local_evaluate(s, h, co.global_vec)[k] for k in ("loss", "accuracy")},
+        evals = [ClientEval(h.id, **{k: local_evaluate(s, h, co.global_vec)[0][k] for k in ("loss", "accuracy")},
                             num_examples=len(h.y_test)) for h in s.data.hospitals]
         row = co.end_round(r, evals, 0.0)
     assert row["clean_accuracy"] > max(before, 0.85)

@@ -48,6 +48,14 @@ def print_summary(summary: dict, out: Path) -> None:
         ("worst hospital accuracy", _fmt(summary["worst_hospital_accuracy"])),
         ("worst honest hospital accuracy", _fmt(summary.get("worst_honest_hospital_accuracy"))),
         ("attack success rate", _fmt(summary["attack_success_rate"])),
+        *([("  on the clean twin / lift", f"{_fmt(summary['attack_success_rate_clean'])} / "
+                                         f"{_fmt(summary.get('attack_success_lift'))}")]
+          if summary.get("attack_success_rate_clean") is not None else []),
+        *([("balanced accuracy / AUROC", f"{_fmt(summary['clinical'].get('balanced_accuracy'))} / "
+                                        f"{_fmt(summary['clinical'].get('auroc'))}"),
+           (f"sensitivity / specificity ({summary['clinical'].get('positive_class')})",
+            f"{_fmt(summary['clinical'].get('sensitivity'))} / {_fmt(summary['clinical'].get('specificity'))}")]
+          if summary.get("clinical") else []),
         ("epsilon (delta)", f"{_fmt(summary['epsilon'], 2)} ({_fmt(summary.get('delta'), 6)})"),
     ]
     det = summary.get("detection")
@@ -71,6 +79,13 @@ def print_summary(summary: dict, out: Path) -> None:
         console.print(f"[dim]note: {note}[/dim]")
     if summary.get("epsilon_note"):
         console.print(f"[yellow]epsilon: {summary['epsilon_note']}[/yellow]")
+    print_warnings(summary)
+
+
+def print_warnings(summary: dict) -> None:
+    """Each of the run's warnings (summary.json ``warnings``) on one yellow line."""
+    for w in summary.get("warnings") or []:
+        console.print(f"[yellow]warning: {w}[/yellow]", soft_wrap=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else _default_out(cfg)
+    refuse_complete_run(out, args.overwrite)
     rounds = cfg.experiment.rounds
     console.print(
         f"[bold]FedMedSec[/bold] {cfg.experiment.name}: {cfg.data.num_hospitals} hospitals on "
@@ -98,9 +114,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             + f"  {row['round_seconds']:.2f} s"
         )
 
-    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round)
+    def on_twin_start() -> None:
+        if not args.quiet:
+            console.print("  clean twin: training the same federation without the attack (in-process), "
+                          "so attack success can be read beside the trigger's own rate")
+
+    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start)
     print_summary(summary, out)
     return 0
+
+
+def refuse_complete_run(out: Path, overwrite: bool) -> None:
+    """``--out`` onto a finished run (its summary.json exists) is refused unless asked."""
+    from .config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)[:200]!r} is a file, not a directory")
+    if (out / "summary.json").is_file() and not overwrite:
+        raise ConfigError(f"--out {str(out)[:200]!r} holds a complete run; choose another directory or "
+                          "pass --overwrite")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -133,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     r.add_argument("--quiet", action="store_true", help="no per-round lines")
+    r.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("sweep", help="run a grid of experiments")
     s.add_argument("grid", help="grid TOML file")

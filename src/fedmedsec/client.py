@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data.pipeline import HospitalData
+from .evaluation import EvalCounts, evaluate_records
 from .experiment import Setup
 from .streams import Stream
-from .training import evaluate, load_state_vector, state_vector, train_local
+from .training import load_state_vector, state_vector, train_local
 
 
 def local_train(
@@ -91,10 +93,17 @@ def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any) -
     return {"train-loss": res.loss, "epsilon": res.epsilon}
 
 
-def local_evaluate(setup: Setup, hospital: HospitalData, global_vec: torch.Tensor) -> dict[str, float]:
-    """The global model on the hospital's own test split."""
+def local_evaluate(setup: Setup, hospital: HospitalData,
+                   global_vec: torch.Tensor) -> tuple[dict[str, float], EvalCounts]:
+    """The global model on the hospital's own test split: (loss, accuracy, num-examples,
+    partition-id) and the counts the server merges (clean, and triggered copies when the
+    attack is targeted)."""
     model = setup.new_model()
     load_state_vector(model, global_vec)
-    loss, acc = evaluate(model, hospital.x_test, hospital.y_test)
-    return {"loss": loss, "accuracy": acc, "num-examples": float(len(hospital.y_test)),
-            "partition-id": float(hospital.id)}
+    ev = evaluate_records(setup, model, hospital.x_test, hospital.y_test)
+    n = ev.clean.count
+    acc = float(np.trace(ev.clean.confusion)) / n if n else float("nan")
+    loss = ev.clean.loss_sum / n if n and ev.clean.nonfinite == 0 else float("nan")
+    metrics = {"loss": loss, "accuracy": acc, "num-examples": float(len(hospital.y_test)),
+               "partition-id": float(hospital.id)}
+    return metrics, ev

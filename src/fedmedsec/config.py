@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 #: keys of the named sections that are not component parameters
 COMMON_KEYS = {
     "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
-             "local_test_fraction"},
+             "local_test_fraction", "positive_class"},
     "model": {"name"},
     "attack": {"name", "fraction", "hospitals", "start_round", "end_round"},
     "defense": {"name", "f", "pre", "weighted", "root_size", "max_update_norm"},
@@ -101,6 +101,9 @@ class DataConfig(_Named):
     min_records: int = Field(2, ge=1, le=1_000_000, description="fewest training records per hospital")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held out at the server")
     local_test_fraction: float = Field(0.25, gt=0, lt=1, description="each hospital's test")
+    positive_class: int | str | None = Field(
+        None, description="class whose sensitivity is reported (name or index; default: the "
+                          "dataset's, e.g. wdbc 'malignant')")
 
 
 class ModelConfig(_Named):
@@ -400,9 +403,15 @@ def applicable_common_keys(section: str, entry, cfg: Config) -> set[str]:
     if section == "defense":
         if not entry.meta.get("needs_reference"):
             keys.discard("root_size")
-        if not entry.meta.get("uses_f", True):
+        if not uses_f(entry):
             keys.discard("f")
     return keys
+
+
+def uses_f(entry) -> bool:
+    """Does a defense use ``defense.f``? Its registry entry says so (``uses_f``), or it has
+    a precondition in terms of f (``requirement``)."""
+    return bool(entry.meta.get("uses_f", "requirement" in entry.meta))
 
 
 def _validate_section(cfg: Config, section: str) -> BaseModel:
@@ -466,9 +475,6 @@ def validate_components(cfg: Config) -> None:
         raise ConfigError(
             f"attack.end_round = {a.end_round}: must be >= attack.start_round ({a.start_round})",
             key="attack.end_round")
-    if a.start_round > e.rounds and "start_round" in _given(a):
-        raise ConfigError(f"attack.start_round = {a.start_round}: the run has only {e.rounds} rounds "
-                          "(experiment.rounds)", key="attack.start_round")
     if e.eval_every > e.rounds:
         raise ConfigError(f"experiment.eval_every = {e.eval_every}: must be <= experiment.rounds ({e.rounds})",
                           key="experiment.eval_every")

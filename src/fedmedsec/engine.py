@@ -20,6 +20,7 @@ from .results.summary import build_summary
 from .rounds import RunFailed, Transport, run_rounds
 from .server import Coordinator
 from .training import set_torch_threads
+from .twin import clean_twin, has_twin
 
 #: builds the transport for a run from its setup (e.g. around a Flower grid)
 TransportFactory = Callable[[Setup], Transport]
@@ -30,8 +31,10 @@ __all__ = ["RunFailed", "TransportFactory", "run_experiment"]
 def run_experiment(
     cfg: Config, out_dir: str | Path, *, verbose: bool = False,
     on_round: Callable[[dict], None] | None = None, transport: TransportFactory | None = None,
+    on_twin_start: Callable[[], None] | None = None,
 ) -> dict:
-    """Run ``cfg``, write the run directory ``out_dir``, return the summary."""
+    """Run ``cfg``, write the run directory ``out_dir``, return the summary. A targeted
+    attack first trains its clean twin in-process (``twin.py``; ``on_twin_start`` is told)."""
     t0 = time.perf_counter()
     set_torch_threads()
     setup = build_setup(cfg)  # ConfigError / DataError on a bad setup, before any file
@@ -44,6 +47,12 @@ def run_experiment(
             on_round(row)
 
     co = Coordinator(setup, on_round=round_done)
+    twin = None
+    if has_twin(setup):
+        if on_twin_start:
+            on_twin_start()
+        twin = clean_twin(setup)
+        co.twin_asr = twin["asr"]
     if transport is not None:
         run_rounds(co, transport(setup))
     elif cfg.experiment.mode == "centralized":
@@ -62,7 +71,7 @@ def run_experiment(
         raise RunFailed(
             f"the federation stopped after {len(co.rounds)} of {cfg.experiment.rounds} rounds"
         )
-    summary = build_summary(co, time.perf_counter() - t0)
+    summary = build_summary(co, time.perf_counter() - t0, twin=twin)
     summary["cost"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     run.write_summary(summary)
     return summary

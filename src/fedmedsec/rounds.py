@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
+    from .evaluation import EvalCounts
     from .server import Coordinator
 
 
@@ -47,13 +48,15 @@ class ClientReply:
 
 @dataclass
 class ClientEval:
-    """One hospital's evaluation of the global model on its own test split."""
+    """One hospital's evaluation of the global model on its own test split; ``counts`` are
+    what the server merges for federated metrics (``evaluation.EvalCounts``)."""
 
     partition_id: int
     loss: float
     accuracy: float
     num_examples: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    counts: EvalCounts | None = None
 
 
 class RunFailed(RuntimeError):

@@ -27,9 +27,9 @@ from .aggregators import AGGREGATORS, PRE_AGGREGATORS, AggregationContext
 from .aggregators.base import AggregationResult
 from .aggregators.pipeline import aggregate as run_rule
 from .config import ConfigError
-from .evaluation import server_metrics
+from .evaluation import EvalCounts, merged, round_metrics, server_evaluation
 from .experiment import Setup
-from .rounds import ClientEval, ClientReply
+from .rounds import ClientEval, ClientReply, RunFailed
 from .streams import Stream
 from .training import load_state_vector, state_vector
 
@@ -37,6 +37,8 @@ __all__ = ["POOLED", "ClientEval", "ClientReply", "Coordinator", "check_requirem
 
 #: Partition id of the single pooled "client" of the centralized baseline.
 POOLED = -1
+#: a run with this many rounds in a row that aggregated nothing stops (RunFailed)
+STALL_ROUNDS = 3
 
 
 def check_requirement(setup: Setup, n: int) -> None:
@@ -70,6 +72,10 @@ class Coordinator:
         self.clients: list[dict] = []
         self.epsilons: dict[int, float] = {}
         self.last_eval: dict[int, ClientEval] = {}
+        self.last_server: EvalCounts | None = None  # the server's latest evaluation
+        self.last_federated: EvalCounts | None = None  # the latest merged hospital counts
+        #: round -> the attack's trigger success on the clean twin (``twin.clean_twin``)
+        self.twin_asr: dict[int, float | None] = {}
         self.bytes_down = 0
         self.bytes_up = 0
         self._pending: dict[int, dict] = {}
@@ -255,7 +261,8 @@ class Coordinator:
 
     # ------------------------------------------------------------------ recording
     def end_round(self, server_round: int, evals: list[ClientEval], started: float) -> dict:
-        """Record the round: the server's metrics, the hospitals' own evaluations, and
+        """Record the round: the server's metrics (its own test set, or the merged counts of
+        the hospitals' evaluations when it holds none), the hospitals' own evaluations, and
         ``round_seconds`` = wall time since ``started`` (the round's start)."""
         self.bytes_down += len(evals) * self._param_bytes
         for e in evals:
@@ -266,13 +273,23 @@ class Coordinator:
             e = ev.get(row["partition_id"])
             row["local_accuracy"] = e.accuracy if e is not None else float("nan")
         self.clients.extend(rows)
-        server = server_metrics(self.setup, self.global_model())
+        server_ev = server_evaluation(self.setup, self.global_model())
+        fed_ev = merged([e.counts for e in evals if e.counts is not None])
+        if fed_ev is not None:
+            self.last_federated = fed_ev
+        self.last_server = server_ev
+        primary = server_ev if server_ev is not None else fed_ev
+        metrics = round_metrics(self.setup, primary)
+        asr, clean = metrics["attack_success_rate"], self.twin_asr.get(server_round)
         all_acc = [e.accuracy for e in ev.values()]
         honest_acc = [e.accuracy for p, e in ev.items() if not self.setup.is_malicious(p)]
         now = time.perf_counter()
         row = {
             "round": server_round,
-            **server,
+            **metrics,
+            "attack_success_rate_clean": clean,
+            "attack_success_lift": asr - clean if asr is not None and clean is not None else None,
+            "evaluated_on": ("server" if server_ev is not None else "hospitals" if fed_ev is not None else ""),
             "mean_hospital_accuracy": float(np.mean(all_acc)) if all_acc else float("nan"),
             "worst_hospital_accuracy": float(np.min(all_acc)) if all_acc else float("nan"),
             "worst_honest_hospital_accuracy": float(np.min(honest_acc)) if honest_acc else float("nan"),
@@ -283,11 +300,30 @@ class Coordinator:
             "round_seconds": now - started,
             "elapsed_seconds": now - self._t0,
         }
+        row = {k: (float("nan") if v is None else v) for k, v in row.items()}
         self.rounds.append(row)
         self._pending = {}
         if self.on_round:
             self.on_round(row)
+        self._check_progress(rows)
         return row
+
+    def _check_progress(self, rows: list[dict]) -> None:
+        """Stop a run that cannot make progress: ``STALL_ROUNDS`` rounds in a row (or every
+        round of a shorter run) in which nothing was aggregated."""
+        stalled = 0
+        for r in reversed(self.rounds):
+            if r["accepted"]:
+                break
+            stalled += 1
+        limit = min(STALL_ROUNDS, self.cfg.experiment.rounds)
+        if stalled >= limit:
+            problems = [c["problem"] for c in self.clients[-200:] if c["problem"]]
+            why = max(set(problems), key=problems.count) if problems else "no replies"
+            n = self.cfg.experiment.min_hospitals
+            raise RunFailed(
+                f"no update was aggregated in the last {stalled} rounds (replies dropped: {why!r}; "
+                f"or fewer than experiment.min_hospitals = {n} valid replies): stopping")
 
     def privacy_summary(self) -> dict[str, Any]:
         """epsilon / delta for the run: DP-SGD reports the maximum over hospitals of each

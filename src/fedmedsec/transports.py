@@ -17,8 +17,8 @@ from .training import load_state_vector, state_vector, train_local
 
 
 def _eval(setup: Setup, pid: int, global_vec: torch.Tensor) -> ClientEval:
-    m = local_evaluate(setup, setup.data.hospitals[pid], global_vec)
-    return ClientEval(pid, m["loss"], m["accuracy"], int(m["num-examples"]))
+    m, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec)
+    return ClientEval(pid, m["loss"], m["accuracy"], int(m["num-examples"]), counts=ev)
 
 
 class InProcessTransport:

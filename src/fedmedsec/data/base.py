@@ -29,6 +29,8 @@ class RawData:
     categorical: for tabular data, a bool [F] mask of one-hot/categorical columns that the
        standardiser leaves alone; None = all numeric.
     notes: lines to show the user (e.g. "imputed 12 missing values in 3 columns").
+    positive_class: the class a missed diagnosis misses (e.g. "malignant"), by name or
+       index, for sensitivity / specificity; None when the dataset does not say.
     """
 
     x: np.ndarray
@@ -43,6 +45,7 @@ class RawData:
     test_sites: np.ndarray | None = None
     categorical: np.ndarray | None = None
     notes: tuple[str, ...] = ()
+    positive_class: int | str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -47,6 +47,7 @@ class FederatedData:
     root_y: np.ndarray | None = None
     class_names: list[str] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    positive_label: int | None = None  # the class of interest for sensitivity, or None
 
     @property
     def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
@@ -197,4 +198,22 @@ def _build(cfg, root_size: int) -> FederatedData:
         root_y=root_y,
         class_names=raw.class_names,
         notes=tuple(raw.notes) + tuple(notes),
+        positive_label=positive_label(d.positive_class if d.positive_class is not None
+                                      else raw.positive_class, raw),
     )
+
+
+def positive_label(value: int | str | None, raw: RawData) -> int | None:
+    """``data.positive_class`` (or the dataset's default) as a class index."""
+    if value is None:
+        return None
+    names = list(raw.class_names or [])
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        if value.isdigit() and int(value) < raw.num_classes:
+            return int(value)
+        raise DataError(f"data.positive_class = {value!r}: the classes are {', '.join(names) or 'unnamed'}")
+    if not 0 <= value < raw.num_classes:
+        raise DataError(f"data.positive_class = {value}: the data has classes 0..{raw.num_classes - 1}")
+    return int(value)

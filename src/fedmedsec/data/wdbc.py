@@ -27,4 +27,5 @@ def load_wdbc(params: NoParams, seed: int) -> RawData:
         num_classes=2,
         class_names=[str(c) for c in ds.target_names],
         feature_names=[str(f) for f in ds.feature_names],
+        positive_class="malignant",  # sklearn's target 0
     )

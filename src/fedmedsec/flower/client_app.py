@@ -88,8 +88,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
-    metrics = local_evaluate(setup, hospital, global_vec)
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics, ev = local_evaluate(setup, hospital, global_vec)
+    content = {"metrics": MetricRecord(metrics), "counts-clean": MetricRecord(ev.clean.to_dict())}
+    if ev.trigger is not None:
+        content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
+    return Message(content=RecordDict(content), reply_to=msg)
 
 
 @app.query()

@@ -16,7 +16,9 @@ from collections.abc import Iterable
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+from ..evaluation import EvalCounts
 from ..experiment import Setup
+from ..metrics import ClassificationCounts
 from ..rounds import ClientEval, ClientReply, RunFailed
 from .records import from_record, to_record
 
@@ -98,13 +100,26 @@ class FlowerTransport:
         evals = []
         for msg in replies:
             pid = dst.get(msg.metadata.reply_to_message_id, -1)
-            try:
-                m = msg.content["metrics"]
-                evals.append(ClientEval(pid, float(m["loss"]), float(m["accuracy"]),
-                                        int(m["num-examples"])))
-            except Exception:  # an error or malformed evaluation reply: no evaluation
-                continue
+            ev = parse_evaluate_reply(pid, msg, self.setup.data.num_classes)
+            if ev is not None:
+                evals.append(ev)
         return evals
+
+
+def parse_evaluate_reply(pid: int, msg: Message, num_classes: int) -> ClientEval | None:
+    """An evaluation reply as a ``ClientEval``; None for an error or malformed reply (the
+    hospital then has no evaluation this round), never an exception."""
+    try:
+        m = msg.content["metrics"]
+        clean = ClassificationCounts.from_dict(dict(msg.content["counts-clean"]))
+        trigger = (ClassificationCounts.from_dict(dict(msg.content["counts-trigger"]))
+                   if "counts-trigger" in msg.content else None)
+        if clean.num_classes != num_classes or (trigger is not None and trigger.num_classes != num_classes):
+            return None
+        return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
+                          counts=EvalCounts(clean, trigger))
+    except Exception:  # an error or malformed evaluation reply: no evaluation
+        return None
 
 
 def parse_train_reply(template: torch.nn.Module, pid: int, msg: Message) -> ClientReply:

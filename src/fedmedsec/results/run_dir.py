@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 ROUND_COLUMNS = [
-    "round", "clean_accuracy", "test_loss", "attack_success_rate", "mean_hospital_accuracy",
+    "round", "clean_accuracy", "test_loss", "balanced_accuracy", "auroc", "sensitivity",
+    "specificity", "attack_success_rate", "attack_success_rate_clean", "attack_success_lift",
+    "triggered_miss_rate", "evaluated_on", "mean_hospital_accuracy",
     "worst_hospital_accuracy", "worst_honest_hospital_accuracy", "replies", "accepted",
     "dropped", "epsilon", "round_seconds", "elapsed_seconds",
 ]
 CLIENT_COLUMNS = [
-    "round", "partition_id", "hospital", "malicious", "attacking", "status", "problem",
+    "round", "partition_id", "hospital", "malicious", "attacking", "reported_attacking", "status", "problem",
     "accepted", "weight", "update_norm", "num_examples", "train_loss", "local_accuracy", "epsilon",
 ]
 

@@ -28,8 +28,21 @@ def detection_rates(clients: list[dict]) -> dict[str, float] | None:
             "excluded_honest": fp, "malicious_decisions": len(pos), "honest_decisions": len(neg)}
 
 
-def build_summary(co, wall_seconds: float) -> dict[str, Any]:
-    """summary.json of a finished run from the Coordinator's records."""
+def _num(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _clinical_block(setup, counts) -> dict[str, Any]:
+    from ..evaluation import clinical
+
+    m = clinical(setup, counts)
+    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc", "sensitivity",
+                              "specificity", "ppv", "npv", "positive_class", "per_class")}
+
+
+def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str, Any]:
+    """summary.json of a finished run from the Coordinator's records (``twin``: the clean
+    twin's results, ``twin.clean_twin``)."""
     setup, cfg = co.setup, co.cfg
     last = co.rounds[-1] if co.rounds else {}
     per = {str(pid): e.accuracy for pid, e in sorted(co.last_eval.items()) if not math.isnan(e.accuracy)}
@@ -45,7 +58,14 @@ def build_summary(co, wall_seconds: float) -> dict[str, Any]:
         "honest_hospital_accuracy": honest,
         "worst_honest_hospital_accuracy": min(honest.values()) if honest else None,
         "hospital_names": {str(h.id): h.name for h in setup.data.hospitals},
-        "attack_success_rate": last.get("attack_success_rate"),
+        "attack_success_rate": _num(last.get("attack_success_rate")),
+        "attack_success_rate_clean": None,
+        "attack_success_lift": None,
+        "triggered_miss_rate": _num(last.get("triggered_miss_rate")),
+        "clean_twin": None,
+        "evaluated_on": last.get("evaluated_on") or None,
+        "clinical": None,
+        "per_hospital_clinical": {},
         "epsilon": None,
         "delta": None,
         "detection": detection_rates(co.clients) if filters else None,
@@ -71,8 +91,22 @@ def build_summary(co, wall_seconds: float) -> dict[str, Any]:
         "versions": versions(),
         "notes": list(setup.data.notes),
     }
+    primary = co.last_server if co.last_server is not None else co.last_federated
+    if primary is not None:
+        summary["clinical"] = _clinical_block(setup, primary.clean)
+    summary["per_hospital_clinical"] = {
+        str(pid): {k: v for k, v in _clinical_block(setup, e.counts.clean).items() if k != "per_class"}
+        for pid, e in sorted(co.last_eval.items()) if e.counts is not None and e.counts.clean.count}
+    if twin is not None:
+        asr, clean = summary["attack_success_rate"], twin["attack_success_rate"]
+        summary["attack_success_rate_clean"] = clean
+        summary["attack_success_lift"] = asr - clean if asr is not None and clean is not None else None
+        summary["clean_twin"] = {"clean_accuracy": twin["clean_accuracy"], "attack_success_rate": clean}
     summary.update(co.privacy_summary())
     from ..privacy.audit import membership_audit
 
     summary["membership_inference"] = membership_audit(setup, co.global_model())
+    from ..sanity import run_warnings
+
+    summary["warnings"] = run_warnings(co, summary)
     return summary
