@@ -109,3 +109,19 @@ def test_cli_prints_warnings_and_refuses_to_overwrite_a_complete_run(tmp_path):
     assert r.returncode == 2 and "holds a complete run" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(args + ["--overwrite"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_detector_excludes_flagged_clients_before_the_rule(tmp_path):
+    cfg = load_config(raw={}, overrides=FAST + ["attack.name=gaussian", "attack.fraction=0.2",
+                                                "attack.sigma=5.0", "detection.name=flame_cluster"])
+    s = run_experiment(cfg, tmp_path)
+    with open(tmp_path / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    flagged = [c for c in clients if c["flagged"] == "1"]
+    assert flagged and all(c["accepted"] == "0" for c in flagged)
+    assert s["detector"]["name"] == "flame_cluster" and s["detector"]["tpr"] == 1.0
+    assert s["detection"]["tpr"] == 1.0  # the exclusions include the detector's flags
+    rows = _rounds(tmp_path)
+    assert all(float(r["detector_tpr"]) == 1.0 for r in rows)
+    with pytest.raises(Exception, match="detection.name"):
+        load_config(raw={}, overrides=["detection.name=nope"])

@@ -26,6 +26,10 @@ def registry_for(section: str) -> Registry:
         from .aggregators import AGGREGATORS
 
         return AGGREGATORS
+    if section == "detection":
+        from .detectors import DETECTORS
+
+        return DETECTORS
     if section == "defense.pre":
         from .aggregators import PRE_AGGREGATORS
 

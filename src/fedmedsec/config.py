@@ -36,6 +36,7 @@ COMMON_KEYS = {
     "model": {"name"},
     "attack": {"name", "fraction", "hospitals", "start_round", "end_round"},
     "defense": {"name", "f", "pre", "weighted", "root_size", "max_update_norm"},
+    "detection": {"name"},
 }
 MAX_SEED = 2**32 - 1
 
@@ -143,6 +144,13 @@ class DefenseConfig(_Named):
         return self
 
 
+class DetectionConfig(_Named):
+    """Malicious-client detection apart from aggregation: flagged clients are excluded
+    before the rule (``detectors/``)."""
+
+    name: str = "none"
+
+
 class PrivacyNone(_Section):
     """No differential privacy."""
 
@@ -196,6 +204,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyNone)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
@@ -461,7 +470,7 @@ def validate_components(cfg: Config) -> None:
     """Validate each named section's own keys and the constraints between sections that
     do not need the data (those that do, e.g. attack.hospitals against the number of
     hospitals, are checked by ``experiment.build_setup``)."""
-    for section in ("data", "model", "attack", "defense", "partition"):
+    for section in ("data", "model", "attack", "defense", "detection", "partition"):
         cfg.params(section)
     from . import components
 
@@ -479,7 +488,8 @@ def validate_components(cfg: Config) -> None:
         raise ConfigError(f"experiment.eval_every = {e.eval_every}: must be <= experiment.rounds ({e.rounds})",
                           key="experiment.eval_every")
     if e.mode == "centralized":
-        for key, off in (("attack.name", "none"), ("defense.name", "fedavg"), ("privacy.mode", "none")):
+        for key, off in (("attack.name", "none"), ("defense.name", "fedavg"), ("detection.name", "none"),
+                         ("privacy.mode", "none")):
             sec, _, field = key.partition(".")
             value = getattr(getattr(cfg, sec), field)
             if value != off:

@@ -27,6 +27,7 @@ from .aggregators import AGGREGATORS, PRE_AGGREGATORS, AggregationContext
 from .aggregators.base import AggregationResult
 from .aggregators.pipeline import aggregate as run_rule
 from .config import ConfigError
+from .detectors import DETECTORS, DetectionContext, DetectionCounts, aggregate_with_detection
 from .evaluation import EvalCounts, merged, round_metrics, server_evaluation
 from .experiment import Setup
 from .rounds import ClientEval, ClientReply, RunFailed
@@ -66,6 +67,11 @@ class Coordinator:
         self.pre = [PRE_AGGREGATORS.get(name).obj(PRE_AGGREGATORS.get(name).params())
                     for name in self.cfg.defense.pre]
         self.rule_state: dict[str, Any] = {}
+        det = DETECTORS.get(self.cfg.detection.name)
+        self.detector = None if det.name == "none" else det.obj(self.cfg.params("detection"))
+        self.detector_state: dict[str, Any] = {}
+        self.detection_counts = DetectionCounts()
+        self._round_detection: DetectionCounts | None = None
         self.previous: torch.Tensor | None = None
         self.on_round = on_round
         self.rounds: list[dict] = []
@@ -199,12 +205,12 @@ class Coordinator:
         updates = self._collude(server_round, ids, updates)
         for i, pid in enumerate(ids):
             rows[pid]["update_norm"] = float(torch.linalg.vector_norm(updates[i].double()))
-        result = self._apply_rule(server_round, ids, updates, valid)
+        result = self._apply_rule(server_round, ids, updates, valid, rows)
         self.global_vec = self.global_vec + result.aggregate.to(self.global_vec.dtype)
         for i, pid in enumerate(ids):
             w = float(result.weights[i]) if result.weights is not None else 1.0 / len(ids)
             rows[pid]["weight"] = w
-            rows[pid]["accepted"] = int(result.weights is None or w > 0)
+            rows[pid]["accepted"] = int((result.weights is None or w > 0) and not rows[pid].get("flagged"))
 
     def _collude(self, server_round: int, ids: tuple[int, ...], updates: torch.Tensor) -> torch.Tensor:
         attack = self.setup.attack
@@ -238,15 +244,15 @@ class Coordinator:
             state=self.rule_state,
         )
 
-    def _apply_rule(self, server_round: int, ids: tuple[int, ...], updates: torch.Tensor,
-                    replies: list[ClientReply]) -> AggregationResult:
-        ctx = self._context(server_round, ids, replies)
+    def _rule_fn(self) -> Callable[[torch.Tensor, AggregationContext], AggregationResult]:
+        """The configured aggregation: ``defense.pre`` steps and the rule, inside DP-FedAvg's
+        clipping and noise when ``privacy.mode = "central"``."""
         p = self.cfg.privacy
         if p.mode != "central":
-            result = run_rule(updates, self.rule, ctx, self.pre)
-        else:
-            from .privacy import dp_fedavg
+            return lambda rows, ctx: run_rule(rows, self.rule, ctx, self.pre)
+        from .privacy import dp_fedavg
 
+        def central(rows: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
             weights: list = []
 
             def rule(clipped: torch.Tensor) -> torch.Tensor:
@@ -254,8 +260,28 @@ class Coordinator:
                 weights.append(res.weights)
                 return res.aggregate
 
-            agg = dp_fedavg(updates, p.clip_norm, p.noise_multiplier, ctx.generator, aggregate=rule)
-            result = AggregationResult(agg, weights[0])
+            agg = dp_fedavg(rows, p.clip_norm, p.noise_multiplier, ctx.generator, aggregate=rule)
+            return AggregationResult(agg, weights[0])
+
+        return central
+
+    def _apply_rule(self, server_round: int, ids: tuple[int, ...], updates: torch.Tensor,
+                    replies: list[ClientReply], rows: dict[int, dict]) -> AggregationResult:
+        ctx = self._context(server_round, ids, replies)
+        if self.detector is None:
+            result = self._rule_fn()(updates, ctx)
+        else:
+            dctx = DetectionContext(client_ids=ids, round=server_round, global_update=self.previous,
+                                    state=self.detector_state,
+                                    generator=self.setup.generator(Stream.DETECTION, server_round))
+            det, result = aggregate_with_detection(updates, self.detector, dctx, self._rule_fn(), ctx)
+            for i, pid in enumerate(ids):
+                rows[pid]["flagged"] = int(det.flagged[i])
+                rows[pid]["detector_score"] = float(det.scores[i]) if det.scores is not None else float("nan")
+            attacking = [bool(rows[pid]["attacking"]) for pid in ids]
+            counts = DetectionCounts.of(det.flagged, attacking)
+            self.detection_counts = self.detection_counts + counts
+            self._round_detection = counts
         self.previous = result.aggregate
         return result
 
@@ -297,6 +323,7 @@ class Coordinator:
             "accepted": sum(r["accepted"] for r in rows),
             "dropped": sum(r["status"] == "dropped" for r in rows),
             "epsilon": max(self.epsilons.values()) if self.epsilons else float("nan"),
+            **self._detection_columns(),
             "round_seconds": now - started,
             "elapsed_seconds": now - self._t0,
         }
@@ -307,6 +334,14 @@ class Coordinator:
             self.on_round(row)
         self._check_progress(rows)
         return row
+
+    def _detection_columns(self) -> dict[str, Any]:
+        if self.detector is None:
+            return {}
+        c, self._round_detection = self._round_detection, None
+        if c is None:
+            return {"detector_flagged": 0, "detector_tpr": None, "detector_fpr": None}
+        return {"detector_flagged": c.tp + c.fp, "detector_tpr": c.tpr, "detector_fpr": c.fpr}
 
     def _check_progress(self, rows: list[dict]) -> None:
         """Stop a run that cannot make progress: ``STALL_ROUNDS`` rounds in a row (or every

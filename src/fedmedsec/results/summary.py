@@ -48,7 +48,7 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
     per = {str(pid): e.accuracy for pid, e in sorted(co.last_eval.items()) if not math.isnan(e.accuracy)}
     honest = {p: a for p, a in per.items() if not setup.is_malicious(int(p))}
     attack = setup.attack
-    filters = bool(co.capabilities.get("filters"))
+    filters = bool(co.capabilities.get("filters")) or co.detector is not None
     summary: dict[str, Any] = {
         "experiment": cfg.experiment.name,
         "clean_accuracy": last.get("clean_accuracy"),
@@ -91,6 +91,8 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         "versions": versions(),
         "notes": list(setup.data.notes),
     }
+    summary["detector"] = (None if co.detector is None else
+                           {"name": cfg.detection.name, **co.detection_counts.to_dict()})
     primary = co.last_server if co.last_server is not None else co.last_federated
     if primary is not None:
         summary["clinical"] = _clinical_block(setup, primary.clean)
