@@ -29,7 +29,7 @@ def prune_update(update: torch.Tensor, ratio: float) -> torch.Tensor:
     if update.ndim != 1:
         raise ValueError(f"prune_update: expects an update Tensor[d], got shape {tuple(update.shape)}")
     out = update.clone()
-    k = int(math.floor(ratio * update.numel()))
+    k = math.floor(ratio * update.numel())
     if k:
         order = torch.argsort(update.abs(), stable=True)
         out[order[:k]] = 0

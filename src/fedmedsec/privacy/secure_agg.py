@@ -53,20 +53,23 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "SHAMIR_PRIME",
     "FixedPoint",
     "KeyPair",
-    "SHAMIR_PRIME",
     "generate_keypair",
     "mask",
     "pairwise_mask",

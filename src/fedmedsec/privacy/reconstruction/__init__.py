@@ -5,8 +5,8 @@ fedmedsec models, the closed form for a first linear layer, label recovery, and 
 against a baseline guess. See :mod:`.invert` for the threat model and the methods.
 """
 
-from .audit import ReconstructionParams, client_update, reconstruction_audit
 from ._functional import Layout, param_layout, simulate_update
+from .audit import ReconstructionParams, client_update, reconstruction_audit
 from .invert import (
     ReconstructionResult,
     closed_form_first_linear,
@@ -14,15 +14,22 @@ from .invert import (
     total_variation,
 )
 from .labels import idlg_label, label_counts, labels_from_counts
-from .metrics import PSNR_CAP_DB, correlation, match_records, mse, psnr, score_reconstruction, ssim
+from .metrics import (
+    PSNR_CAP_DB,
+    correlation,
+    match_records,
+    mse,
+    psnr,
+    score_reconstruction,
+    ssim,
+)
 
 __all__ = [
-    "Layout",
     "PSNR_CAP_DB",
+    "Layout",
     "ReconstructionParams",
     "ReconstructionResult",
     "client_update",
-    "reconstruction_audit",
     "closed_form_first_linear",
     "correlation",
     "idlg_label",
@@ -33,6 +40,7 @@ __all__ = [
     "param_layout",
     "psnr",
     "reconstruct",
+    "reconstruction_audit",
     "score_reconstruction",
     "simulate_update",
     "ssim",

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -109,8 +110,11 @@ def reconstruction_audit(
     dp_noise_multiplier: float | None = None,
     dp_max_grad_norm: float = 1.0,
     prune_ratio: float = 0.0,
-) -> dict:
-    """Run the audit; returns the ``summary.json["reconstruction"]`` dict.
+    return_records: bool = False,
+):
+    """Run the audit; returns the ``summary.json["reconstruction"]`` dict (with
+    ``return_records``: (dict, originals [nB, ...], matched reconstructions [nB, ...]) for
+    figures; the target's records come first).
 
     target: the target hospital's (x [B, ...], y [B]) for this audit (B = params.batch_size).
     others: the other hospitals' (x, y) of B records each, used only with
@@ -172,4 +176,6 @@ def reconstruction_audit(
     out["matching_loss"] = res.loss
     out["attack_seconds"] = time.perf_counter() - t1
     out["seconds"] = time.perf_counter() - t0
+    if return_records:
+        return out, x_all, res.x_hat.numpy()[np.asarray(scores["assignment"])]
     return out

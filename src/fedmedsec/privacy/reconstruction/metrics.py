@@ -115,7 +115,7 @@ def score_reconstruction(x_true, y_true, x_hat, y_hat, baseline, modality: str) 
     c = max(int(yt.max()), int(yh.max())) + 1
     overlap = np.minimum(np.bincount(yt, minlength=c), np.bincount(yh, minlength=c)).sum()
     out["label_count_accuracy"] = float(overlap / len(yt))
-    out["records"] = int(len(xt))
+    out["records"] = len(xt)
     out["assignment"] = assign.tolist()
     out["per_record"] = per
     return out
