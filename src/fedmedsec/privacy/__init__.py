@@ -1,5 +1,5 @@
 """Privacy: record-level DP-SGD (Opacus), client-level DP-FedAvg, accounting, membership
-inference. Pure functions and small dataclasses; nothing here imports flwr.
+inference, data reconstruction from updates, gradient pruning, secure aggregation. Pure functions and small dataclasses; nothing here imports flwr.
 
 Import this package before anything else imports Opacus: it imports Opacus with the root
 and flwr loggers protected (see :mod:`fedmedsec.privacy.accounting`).
@@ -28,14 +28,28 @@ from .mia import (
     per_example_losses,
     roc_summary,
 )
+from .pruning import prune_update, prune_updates
+from .reconstruction import (
+    ReconstructionParams,
+    ReconstructionResult,
+    closed_form_first_linear,
+    reconstruct,
+    reconstruction_audit,
+    score_reconstruction,
+)
+from .secure_agg import FixedPoint, secure_sum, server_view
 
 __all__ = [
     "DPTrainResult",
+    "FixedPoint",
     "MIAResult",
+    "ReconstructionParams",
+    "ReconstructionResult",
     "balanced_members",
     "central_dp_epsilon_or_reason",
     "central_epsilon",
     "clip_updates",
+    "closed_form_first_linear",
     "dp_fedavg",
     "epsilon_of",
     "lira_offline",
@@ -46,8 +60,15 @@ __all__ = [
     "mia_evaluate",
     "noise_for_target_epsilon",
     "per_example_losses",
+    "prune_update",
+    "prune_updates",
     "rdp_accountant",
+    "reconstruct",
+    "reconstruction_audit",
     "roc_summary",
+    "score_reconstruction",
+    "secure_sum",
+    "server_view",
     "steps_per_epoch",
     "train_dp_sgd",
 ]
