@@ -18,10 +18,10 @@ def test_defaults_fill_every_section(tmp_path):
 
 def test_overrides_parse_toml_values():
     cfg = load_config(raw={}, overrides=["experiment.rounds=7", "data.partition=dirichlet", "data.alpha=0.1",
-                                         "attack.hospitals=[1, 2]", "experiment.name=my run",
+                                         "attack.hospitals=[1, 2]", "experiment.name=my-run",
                                          "attack.name=sign_flip", "attack.scale=4"])
     assert cfg.experiment.rounds == 7 and cfg.params("partition").alpha == 0.1
-    assert cfg.attack.hospitals == [1, 2] and cfg.experiment.name == "my run"
+    assert cfg.attack.hospitals == [1, 2] and cfg.experiment.name == "my-run"
     assert cfg.params("attack").scale == 4
     assert parse_value("true") is True and parse_value("abc") == "abc"
 

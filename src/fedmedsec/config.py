@@ -69,7 +69,8 @@ class _Named(BaseModel):
 
 
 class ExperimentConfig(_Section):
-    name: str = Field("experiment", min_length=1, max_length=100)
+    name: str = Field("experiment", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$",
+                      description="run name; it becomes a directory name, so letters, digits, . _ -")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     rounds: int = Field(20, ge=1, le=100_000)
     mode: Literal["federated", "centralized"] = "federated"
