@@ -309,7 +309,9 @@ def test_is_active():
 
 
 def test_every_registered_attack_builds_with_defaults():
-    ctx = tab_ctx()
+    import dataclasses
+
+    ctx = dataclasses.replace(tab_ctx(), defense_rule="krum")  # agr_tailored needs a rule
     for entry in ATTACKS:
         atk = make_attack(entry.name, {}, ctx)
         assert atk.threat.goal in ("integrity", "availability", "confidentiality")
