@@ -12,6 +12,8 @@ from fedmedsec.attacks import (
     NO_THREAT,
     TRIGGERS,
     AttackContext,
+    active_rounds,
+    check_schedule,
     choose_attackers,
     is_active,
     make_attack,
@@ -315,3 +317,72 @@ def test_every_registered_attack_builds_with_defaults():
     for entry in ATTACKS:
         atk = make_attack(entry.name, {}, ctx)
         assert atk.threat.goal in ("integrity", "availability", "confidentiality")
+
+
+# ---------------------------------------------------------------- schedules (issue 17)
+
+
+def brute_schedule(r, start, end, schedule, every=1, at=None):
+    """Reference: the window, then the schedule's rule, written out per schedule."""
+    if r < start or (end is not None and r > end):
+        return False
+    return {
+        "every_round": True,
+        "every_k": (r - start) % every == 0,
+        "single_shot": r == (start if at is None else at),
+    }[schedule]
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(1, 10), length=st.integers(0, 30), every=st.integers(1, 7),
+       schedule=st.sampled_from(["every_round", "every_k", "single_shot"]), data=st.data())
+def test_schedules_match_reference(start, length, every, schedule, data):
+    end = start + length
+    at = data.draw(st.one_of(st.none(), st.integers(start, end)))
+    for r in range(1, end + 5):
+        assert is_active(r, start, end, schedule, every, at) == brute_schedule(r, start, end, schedule, every, at)
+    got = active_rounds(end + 4, start, end, schedule, every, at)
+    assert got == tuple(r for r in range(1, end + 5) if brute_schedule(r, start, end, schedule, every, at))
+
+
+def test_every_k_and_single_shot_examples():
+    assert active_rounds(20, 3, 15, "every_k", every=4) == (3, 7, 11, 15)
+    assert active_rounds(20, 1, None, "single_shot", at_round=9) == (9,)
+    assert active_rounds(20, 5, None, "single_shot") == (5,)
+    assert active_rounds(6) == (1, 2, 3, 4, 5, 6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(start=st.integers(1, 5), length=st.integers(0, 40), frac=st.floats(0, 1),
+       seed=st.integers(0, 2**31))
+def test_random_schedule_exact_share_reproducible(start, length, frac, seed):
+    end = start + length
+    got = active_rounds(end + 3, start, end, "random", round_fraction=frac, seed=seed)
+    assert len(got) == round(frac * (length + 1)) and all(start <= r <= end for r in got)
+    assert got == active_rounds(end + 3, start, end, "random", round_fraction=frac, seed=seed)
+    assert got == tuple(r for r in range(1, end + 4)
+                        if is_active(r, start, end, "random", round_fraction=frac, seed=seed))
+
+
+def test_random_schedule_depends_on_seed_not_on_attacker():
+    draws = {active_rounds(30, 1, 30, "random", round_fraction=0.3, seed=s) for s in range(10)}
+    assert len(draws) > 1
+    assert active_rounds(30, 1, 30, "random", round_fraction=1.0) == tuple(range(1, 31))
+    assert active_rounds(30, 1, 30, "random", round_fraction=0.0) == ()
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"schedule": "sometimes"}, "attack.schedule = 'sometimes'"),
+    ({"schedule": "every_k", "every": 0}, "attack.every = 0"),
+    ({"schedule": "single_shot", "at_round": 0}, "attack.at_round = 0"),
+    ({"schedule": "single_shot", "start_round": 3, "end_round": 5, "at_round": 7}, "attack.at_round = 7"),
+    ({"schedule": "random", "round_fraction": 1.5, "end_round": 9}, "attack.round_fraction = 1.5"),
+    ({"schedule": "random"}, "attack.schedule = 'random'"),
+    ({"start_round": 5, "end_round": 2}, "attack.end_round = 2"),
+])
+def test_schedule_bad_values(kw, needle):
+    with pytest.raises(ValueError) as exc:
+        check_schedule(**kw)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError):
+        is_active(4, **kw)
