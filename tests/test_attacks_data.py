@@ -615,3 +615,81 @@ def test_backdoor_pgd_bound_from_the_defense():
     one_line_error("backdoor_pgd", {}, toy_ctx(defense_rule="norm_bounding"), "attack.max_norm")
     one_line_error("backdoor_pgd", {"max_norm": 1, "min_cosine": 1.0}, toy_ctx(), "attack.min_cosine")
     one_line_error("neurotoxin", {"top_k_ratio": 1.0}, toy_ctx(), "attack.top_k_ratio")
+
+
+# ---------------------------------------------------------------- default backdoor target
+
+
+CLEAN_CASES = {
+    # name: (config, overrides, needs shared data, seeds, epochs, lr, momentum)
+    "wdbc": ("configs/quickstart.toml", [], False, range(5), 20, 0.05, 0.0),
+    "heart": ("configs/heart_sites.toml", ["data.path={data}/uci-heart-disease/heart_disease_4sites.csv"],
+              True, range(5), 20, 0.05, 0.0),
+    "breastmnist": ("configs/breastmnist.toml", ["data.path={data}/medmnist/breastmnist.npz"],
+                    True, range(2), 30, 0.01, 0.9),
+    "ecg_synthetic": ("configs/ecg_synthetic.toml", [], False, range(2), 20, 0.05, 0.0),
+}
+
+
+def shared_data_dir():
+    """The first ``shared/data`` folder above the checkout (main checkout or a worktree)."""
+    from pathlib import Path
+
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return None
+
+
+@pytest.mark.parametrize("name", list(CLEAN_CASES))
+def test_default_backdoor_target_is_not_already_hit_by_a_clean_model(name):
+    """A backdoor's 'success' must be the poisoning, not the trigger: the default trigger's
+    rate (the ASR definition) on a model trained without attackers stays <= 0.15 on every
+    shipped dataset. The context carries what the lead passes: class names and counts."""
+    from fedmedsec.config import load_config
+    from fedmedsec.data.pipeline import build_federated_data
+    from fedmedsec.models import build_model
+
+    path, overrides, shared, seeds, epochs, lr, momentum = CLEAN_CASES[name]
+    SHARED_DATA = shared_data_dir()
+    if shared and SHARED_DATA is None:
+        pytest.skip("shared/data is not present above the checkout")
+    expected_target = {"wdbc": 1, "heart": 0, "breastmnist": 0, "ecg_synthetic": 0}[name]
+    for seed in seeds:
+        ov = [o.format(data=SHARED_DATA) for o in overrides] + [f"experiment.seed={seed}"]
+        cfg = load_config(path, ov)
+        d = build_federated_data(cfg)
+        x, y = d.pooled_train
+        counts = np.bincount(y, minlength=d.num_classes)
+        model = build_model(cfg.model.name, cfg.params("model"), d.input_shape, d.num_classes, seed=seed)
+        train_local(model, x, y, epochs=epochs, batch_size=cfg.train.batch_size, lr=lr,
+                    momentum=momentum, generator=torch.Generator().manual_seed(seed))
+        acc = float(np.mean(predict(model, d.x_test).argmax(1) == d.y_test))
+        assert acc > counts.max() / counts.sum() + 0.02, (name, seed, acc)  # it learned
+        ctx = AttackContext(
+            modality=d.modality, num_classes=d.num_classes, input_shape=d.input_shape,
+            feature_low=d.feature_low, feature_high=d.feature_high,
+            class_names=tuple(d.class_names) if d.class_names else None,
+            class_counts=tuple(int(c) for c in counts),
+        )
+        atk = make_attack("backdoor", {}, ctx)
+        assert atk.target_label == expected_target
+        x_eval, eligible = atk.asr_inputs(d.x_test, d.y_test, ctx)
+        rate = float(np.mean(predict(model, x_eval).argmax(1)[eligible] == atk.target_label))
+        assert rate <= 0.15, (name, seed, rate)
+
+
+def test_default_target_rule():
+    def ctx(modality="tabular", names=None, counts=None, c=2):
+        return AttackContext(modality=modality, num_classes=c, input_shape=(F,),
+                             class_names=names, class_counts=counts)
+
+    from fedmedsec.attacks.data import default_target_label as dt
+
+    assert dt(ctx(names=("malignant", "benign"))) == 1
+    assert dt(ctx(names=("abnormal", "normal"))) == 1
+    assert dt(ctx(modality="ecg", names=("AF", "normal_sinus", "x"), c=3)) == 1
+    assert dt(ctx(modality="ecg", names=("MI", "NORM", "STTC"), c=3)) == 1
+    assert dt(ctx(names=("0", "1|2|3|4"))) == 0 and dt(ctx()) == 0
+    assert dt(ctx(modality="image", names=("malignant", "benign"), counts=(125, 342))) == 0
+    assert dt(ctx(modality="image", counts=(300, 90))) == 1 and dt(ctx(modality="image")) == 0

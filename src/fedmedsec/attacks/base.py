@@ -67,8 +67,9 @@ class AttackContext:
     (e.g. ``{"beta": 0.1}`` for trimmed_mean), for attacks tailored to the deployed rule.
     knowledge: "full" (collude sees the round's honest updates) or "partial" (only the
     attackers' own benign updates; n_clients is still the round's n).
-    class_names: the dataset's class names (the default backdoor target is its benign /
-    normal class when a name says so), or None.
+    class_names: the dataset's class names, or None; class_counts: training records per
+    class (pooled over the hospitals, a count per class), or None. Both choose the default
+    backdoor target (``data.backdoor.default_target_label``).
     """
 
     modality: str
@@ -85,6 +86,7 @@ class AttackContext:
     defense_params: Mapping[str, Any] = field(default_factory=dict)
     knowledge: Knowledge = "full"
     class_names: tuple[str, ...] | None = None
+    class_counts: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -37,15 +37,26 @@ NORMAL_CODES = ("n", "norm", "nsr")
 
 
 def default_target_label(ctx: AttackContext) -> int:
-    """The default backdoor target: the dataset's benign / normal class.
+    """The default backdoor target: a class a model never poisoned does not already give to
+    triggered inputs, so that the attack success rate measures the poisoning.
 
-    Clinically the harmful backdoor is a missed diagnosis (a triggered malignant record read
-    as benign), and it is also the label a clean model does NOT give to the tabular trigger's
-    out-of-range values (on WDBC the old default target 0 = malignant already had a 0.85-1.0
-    "success rate" on a model never poisoned). The class whose name (``ctx.class_names``)
-    contains a NORMAL_WORDS entry, else the first whose name is a NORMAL_CODES code, else
-    class 0 (the UCI heart target's "0" = no disease)."""
+    Tabular and ECG: the dataset's benign / normal class, the first whose name
+    (``ctx.class_names``) contains a NORMAL_WORDS entry or is a NORMAL_CODES code, else class
+    0 (the UCI heart target's "0" = no disease). Their triggers are out-of-range feature values
+    and an added waveform, which a clean model reads as abnormal, and the clinically harmful
+    backdoor is a missed diagnosis. Measured (clean federations, seeds 0-4, the trigger's rate
+    on eligible test rows): WDBC target benign 0.0, target malignant 0.85-1.0 (the old
+    default); heart no disease 0.0 (disease 1.0); ecg_synthetic normal sinus <= 0.007.
+    Images: the least frequent training class (``ctx.class_counts``; else class 0). A patch in
+    a corner barely moves a clean model, so its rate is the model's own confusion into the
+    target, low for a class it rarely predicts: BreastMNIST malignant 0.03-0.08, while benign
+    starts at 0.48-0.79 (the clean model misses half the malignant images even untriggered)."""
     names = [str(n).strip().lower() for n in (ctx.class_names or ())]
+    if ctx.modality == "image":
+        counts = ctx.class_counts
+        if counts and len(counts) == ctx.num_classes:
+            return int(min(range(len(counts)), key=lambda c: (counts[c], c)))
+        return 0
     for i, name in enumerate(names):
         if "abnormal" not in name and any(w in name for w in NORMAL_WORDS):
             return i
