@@ -460,3 +460,109 @@ def test_agr_tailored_partial_knowledge(rule_name, m):
     # the collusion is reproducible from its generator
     _, mal2 = tailored(rule_name, h, m, f, knowledge="partial", n_clients=n)
     assert torch.equal(mal, mal2)
+
+
+# ---------------------------------------------------------------- accuracy far from the origin
+
+
+def direct_dists(h):
+    """Reference: pairwise distances by direct float64 differences."""
+    h = h.double()
+    return torch.stack([(h - h[i]).norm(dim=1) for i in range(h.shape[0])])
+
+
+@pytest.mark.parametrize("kind", ["std", "unit_vec", "sign"])
+@pytest.mark.parametrize("seed", range(4))
+def test_min_max_min_sum_constraint_holds_far_from_the_origin(kind, seed):
+    """Rows at offset 1e4 with spread 1e-2: the uncentred Gram lost ~1e-6 relative of the
+    threshold; now the constraint holds to float64 rounding (direct differences)."""
+    g = gen(seed)
+    h = 1e4 + 1e-2 * torch.randn(10, 64, generator=g, dtype=torch.float64)
+    dist = direct_dists(h)
+    mal, gamma = min_max_update(h, kind)
+    assert gamma > 0
+    assert float((mal - h).norm(dim=1).max()) <= float(dist.max()) * (1 + 1e-12)
+    mal, gamma = min_sum_update(h, kind)
+    assert gamma > 0
+    assert float(((mal - h) ** 2).sum()) <= float((dist ** 2).sum(1).max()) * (1 + 1e-12)
+
+
+def test_pairwise_sq_dists_accurate_far_from_the_origin():
+    from fedmedsec.attacks.model._common import pairwise_sq_dists
+
+    h = 1e4 + 1e-2 * torch.randn(8, 200, generator=gen(1), dtype=torch.float64)
+    ref = direct_dists(h) ** 2
+    assert torch.allclose(pairwise_sq_dists(h), ref, rtol=1e-10, atol=0)
+    h[0] = 1e8  # one huge row (an attacker) does not spoil the others' distances
+    ref = direct_dists(h) ** 2
+    assert torch.allclose(pairwise_sq_dists(h)[1:, 1:], ref[1:, 1:], rtol=1e-8, atol=0)
+
+
+# ---------------------------------------------------------------- knowledge levels
+
+
+def ctx_k(knowledge, n=20, f=0):
+    return AttackContext(modality="tabular", num_classes=2, input_shape=(5,), n_clients=n,
+                         knowledge=knowledge, f=f, defense_rule="median")
+
+
+@pytest.mark.parametrize("m", [2, 4, 7])
+def test_partial_knowledge_alie_uses_exactly_the_reference_statistics(m):
+    """Partial knowledge (NDSS 2021 Sec. III-B): ALIE from the m attackers' own benign rows:
+    their mean and sample std, and z from the round's n (ctx.n_clients), not n_ref + m."""
+    n = 20
+    own = honest_updates(m, 16, 9)
+    atk = make_attack("alie", {}, ctx_k("partial", n))
+    assert atk.threat.knowledge == "own benign updates"
+    out = atk.collude(own, own.clone(), gen(), ctx_k("partial", n))
+    z = alie_z(n, m)
+    assert torch.allclose(out, (own.mean(0) - z * own.std(0, correction=1)).expand(m, -1))
+    # full knowledge: the same rows are the honest set, n = n_h + m
+    full = make_attack("alie", {}, ctx_k("full", n)).collude(own, own.clone(), gen(), ctx_k("full", n))
+    assert torch.allclose(full[0], own.mean(0) - alie_z(2 * m, m) * own.std(0))
+    assert make_attack("alie", {}, ctx_k("full")).threat.knowledge == "honest updates"
+
+
+@pytest.mark.parametrize("name, params", [
+    ("alie", {}), ("ipm", {}), ("min_max", {}), ("min_sum", {}), ("fang", {}),
+    ("fang", {"target_rule": "krum"}), ("agr_tailored", {}),
+])
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_every_colluding_attack_runs_on_the_attackers_own_rows(name, params, m):
+    """Partial knowledge with the reference = the m attackers' own benign updates, m = 1
+    included: a finite, non-benign update, a partial threat model, reproducible."""
+    own = honest_updates(m, 24, 3)
+    ctx = ctx_k("partial", n=20, f=m)
+    atk = make_attack(name, params, ctx)
+    assert atk.threat.knowledge.startswith("own benign updates")
+    assert atk.threat_for("full").knowledge.startswith("honest updates")
+    assert atk.threat_for("partial") == atk.threat
+    out = atk.collude(own, own.clone(), gen(5), ctx)
+    assert out.shape == own.shape and torch.isfinite(out).all()
+    assert torch.equal(out, atk.collude(own, own.clone(), gen(5), ctx))
+    if name == "alie" and alie_z(20, m) == 0:  # the paper's z: s = 10 of 20 -> ppf(0.5) = 0
+        assert torch.allclose(out, own.mean(0).expand(m, -1))
+    else:
+        assert (out.mean(0) - own.mean(0)).norm() > 1e-3 * own.mean(0).norm()  # it deviates
+
+
+def test_single_reference_row_fallback():
+    """One reference row: sigma = |x| (SINGLE_ROW_CV = 1); min-max threshold sqrt(2)||x||,
+    so with p = -std the crafted update is x - sqrt(2)|x| (gamma = sqrt 2)."""
+    x = honest_updates(1, 12, 2)
+    mal, gamma = min_max_update(x, "std")
+    assert gamma == pytest.approx(math.sqrt(2), rel=1e-4)
+    assert torch.allclose(mal, x[0] - gamma * x[0].abs())
+    mal, gamma = min_sum_update(x, "std")  # ||mal - x||^2 <= 2 ||x||^2: the same gamma
+    assert gamma == pytest.approx(math.sqrt(2), rel=1e-4)
+    atk = make_attack("fang", {}, ctx_k("partial"))
+    out = atk.collude(x, x.clone(), gen(1), ctx_k("partial"))
+    s = torch.sign(x[0])
+    lo = torch.where(s < 0, x[0] + 3 * x[0].abs(), x[0] - 4 * x[0].abs())
+    assert torch.all(out[0] >= lo - 1e-12) and torch.all(out[0] <= lo + x[0].abs() + 1e-12)
+
+
+def test_threat_for_rejects_unknown_level():
+    with pytest.raises(ValueError, match="attack.knowledge = 'some'"):
+        make_attack("alie", {}, CTX).threat_for("some")
+    assert make_attack("sign_flip", {}, CTX).threat_for("partial").knowledge == "own update"
