@@ -131,7 +131,8 @@ class Attack:
         text = self.threat.knowledge
         for words in BENIGN_KNOWLEDGE.values():
             if words in text:
-                return replace(self.threat, knowledge=text.replace(words, BENIGN_KNOWLEDGE[knowledge]))
+                new = text.replace(words, BENIGN_KNOWLEDGE[knowledge])
+                return replace(self.threat, knowledge=new)
         return self.threat
 
     def observe(self, global_vec: torch.Tensor, state: dict[str, Any], ctx: AttackContext) -> None:

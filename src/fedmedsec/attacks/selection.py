@@ -60,7 +60,9 @@ def check_schedule(
     if start_round < 1:
         raise ValueError(f"attack.start_round = {start_round}: must be >= 1")
     if end_round is not None and end_round < start_round:
-        raise ValueError(f"attack.end_round = {end_round}: must be >= attack.start_round = {start_round}")
+        raise ValueError(
+            f"attack.end_round = {end_round}: must be >= attack.start_round = {start_round}"
+        )
     if every < 1:
         raise ValueError(f"attack.every = {every}: must be >= 1")
     if at_round is not None and at_round < 1:
@@ -73,11 +75,16 @@ def check_schedule(
         window = f"{start_round}..{end_round if end_round is not None else 'end'}"
         raise ValueError(f"attack.at_round = {at_round}: outside the attack window {window}")
     if schedule == "random" and end_round is None:
-        raise ValueError("attack.schedule = 'random': needs a finite window (attack.end_round or experiment.rounds)")
+        raise ValueError(
+            "attack.schedule = 'random': needs a finite window "
+            "(attack.end_round or experiment.rounds)"
+        )
 
 
 @functools.lru_cache(maxsize=64)
-def random_rounds(start_round: int, end_round: int, round_fraction: float, seed: int) -> frozenset[int]:
+def random_rounds(
+    start_round: int, end_round: int, round_fraction: float, seed: int
+) -> frozenset[int]:
     """The rounds of the "random" schedule: exactly round(round_fraction * W) distinct rounds
     of the window start_round..end_round (W rounds), drawn without replacement by
     ``np.random.default_rng(SeedSequence([seed, key]))``. The same set for every attacker

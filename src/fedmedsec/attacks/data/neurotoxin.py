@@ -95,7 +95,8 @@ class Neurotoxin(Backdoor):
                 self.last_mask = keep
                 for p, a, b in slices:
                     k = keep[a:b].reshape(p.shape).to(p.device)
-                    cache.append((p, k, k.to(p.dtype), g0[a:b].reshape(p.shape).to(p.device, p.dtype)))
+                    g = g0[a:b].reshape(p.shape).to(p.device, p.dtype)
+                    cache.append((p, k, k.to(p.dtype), g))
             return cache
 
         def before_step(model):

@@ -122,7 +122,9 @@ class PgdBackdoor(Backdoor):
 def make_backdoor_pgd(params: PgdBackdoorParams, ctx: AttackContext) -> PgdBackdoor:
     max_norm = params.max_norm
     if max_norm is None:
-        bound = dict(ctx.defense_params or {}).get("max_norm") if ctx.defense_rule == "norm_bounding" else None
+        bound = None
+        if ctx.defense_rule == "norm_bounding":
+            bound = dict(ctx.defense_params or {}).get("max_norm")
         if bound is None:
             raise ValueError(
                 "attack.max_norm: required unless defense.name = 'norm_bounding' with a fixed "

@@ -11,7 +11,7 @@ from .min_max import largest_gamma, min_max as min_max_update, min_sum as min_su
 from .simple import gaussian as gaussian_update, scale_update, sign_flip as sign_flip_update
 
 __all__ = [
-    "agr_tailored_update", "maximise_gamma", "alie_update", "alie_z", "fang_krum", "fang_trimmed_mean", "gaussian_update",
-    "ipm_update", "krum_index", "largest_gamma", "min_max_update", "min_sum_update",
-    "scale_update", "sign_flip_update",
+    "agr_tailored_update", "alie_update", "alie_z", "fang_krum", "fang_trimmed_mean",
+    "gaussian_update", "ipm_update", "krum_index", "largest_gamma", "maximise_gamma",
+    "min_max_update", "min_sum_update", "scale_update", "sign_flip_update",
 ]

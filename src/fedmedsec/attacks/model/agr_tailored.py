@@ -176,7 +176,8 @@ def agr_tailored(
     except ValueError:  # e.g. multi_krum's m > n: the rule refuses the simulated round
         return TailoredResult(mu.to(dtype), 0.0, False, float("nan"), None)
     if not bool(torch.any(p != 0)):
-        return TailoredResult(mal0, 0.0, rule_name not in SELECTING or _selected(res0, n_h), shift(res0), f_sim)
+        sel = rule_name not in SELECTING or _selected(res0, n_h)
+        return TailoredResult(mal0, 0.0, sel, shift(res0), f_sim)
     if rule_name in SELECTING:
         if not _selected(res0, n_h):
             return TailoredResult(mal0, 0.0, False, shift(res0), f_sim)
@@ -255,10 +256,14 @@ def make_agr_tailored(params: AgrTailoredParams, ctx: AttackContext) -> AgrTailo
     name = params.rule if params.rule is not None else ctx.defense_rule
     supported = ", ".join(SUPPORTED)
     if name is None:
-        raise ValueError(f"attack.rule: not set and the defense is unknown; choose one of {supported}")
+        raise ValueError(
+            f"attack.rule: not set and the defense is unknown; choose one of {supported}"
+        )
     if name not in SUPPORTED:
         key = "attack.rule" if params.rule is not None else "defense.name"
-        raise ValueError(f"{key} = {name!r}: agr_tailored is tailored to one of {supported} (set attack.rule)")
+        raise ValueError(
+            f"{key} = {name!r}: agr_tailored is tailored to one of {supported} (set attack.rule)"
+        )
     # the server's own parameters when tailoring to the deployed rule, the defaults otherwise
     rule_params = ctx.defense_params if name == ctx.defense_rule else {}
     return with_knowledge(AgrTailored(

@@ -11,7 +11,9 @@ from scipy.stats import norm
 
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
-from ._common import COLLUDING, check_reference, reference_std, round_size, send_same, with_knowledge
+from ._common import (
+    COLLUDING, check_reference, reference_std, round_size, send_same, with_knowledge,
+)
 
 
 def alie_z(n: int, m: int) -> float:

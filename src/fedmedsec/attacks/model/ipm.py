@@ -36,4 +36,5 @@ class Ipm(Attack):
 
 @ATTACKS.register("ipm", IpmParams, kind="model")
 def make_ipm(params: IpmParams, ctx: AttackContext) -> Ipm:
-    return with_knowledge(Ipm(threat=COLLUDING, needs_honest_updates=True, epsilon=params.epsilon), ctx)
+    atk = Ipm(threat=COLLUDING, needs_honest_updates=True, epsilon=params.epsilon)
+    return with_knowledge(atk, ctx)

@@ -54,7 +54,9 @@ def perturbation(reference: torch.Tensor, kind: Perturbation) -> torch.Tensor:
         return -mu / norm if norm > 0 else torch.zeros_like(mu)
     if kind == "sign":
         return -torch.sign(mu)
-    raise ValueError(f"attack.perturbation = {kind!r}: choose one of std, unit_vec, unit_mean, sign")
+    raise ValueError(
+        f"attack.perturbation = {kind!r}: choose one of std, unit_vec, unit_mean, sign"
+    )
 
 
 def largest_gamma(
