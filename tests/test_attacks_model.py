@@ -366,7 +366,8 @@ SELECTING_CASES = [("krum", 12, 3, 3), ("multi_krum", 12, 3, 3), ("bulyan", 9, 2
 @pytest.mark.parametrize("direction", ["std", "unit_mean", "sign"])
 def test_agr_tailored_selected_at_gamma_and_not_beyond(rule_name, n_h, m, f, direction):
     """Krum/Multi-Krum/Bulyan: the rule selects the crafted update at the returned gamma and
-    rejects it at gamma * (1 + 1e-3): the largest gamma the rule accepts (paper Sec. IV-B)."""
+    rejects it at gamma * (1 + 3e-3) (the margin is 1e-3): the largest gamma the rule accepts
+    (paper Sec. IV-B), and the copies are selected wherever they sit among the rows."""
     rule = rule_of(rule_name)
     for seed in range(4):
         h = honest_updates(n_h, 40, seed)
@@ -376,9 +377,20 @@ def test_agr_tailored_selected_at_gamma_and_not_beyond(rule_name, n_h, m, f, dir
         assert atk.last.selected and gamma > 0
         assert torch.allclose(mal, mu + gamma * p)
         assert crafted_selected(rule, h, mal, m, f)
-        assert not crafted_selected(rule, h, mu + gamma * (1 + 1e-3) * p, m, f)
-        # brute force: no gamma on a grid beyond 1.001 gamma up to 20 gamma is selected
-        for g in np.linspace(gamma * 1.001, 20 * gamma, 60):
+        from fedmedsec.aggregators import AggregationContext
+
+        for perm_seed in range(3):  # the copies anywhere among the rows
+            n = n_h + m
+            pos = torch.randperm(n, generator=gen(perm_seed))[:m]
+            rows_ = torch.empty(n, h.shape[1], dtype=h.dtype)
+            is_mal = torch.zeros(n, dtype=torch.bool)
+            is_mal[pos] = True
+            rows_[is_mal], rows_[~is_mal] = mal, h
+            w = rule(rows_, AggregationContext(f=f)).weights
+            assert bool((w[is_mal] > 0).all()) or (int((w > 0).sum()) == 1 and bool((w[is_mal] > 0).any()))
+        assert not crafted_selected(rule, h, mu + gamma * (1 + 3e-3) * p, m, f)
+        # brute force: no gamma on a grid beyond 1.003 gamma up to 20 gamma is selected
+        for g in np.linspace(gamma * 1.003, 20 * gamma, 60):
             assert not crafted_selected(rule, h, mu + float(g) * p, m, f)
 
 

@@ -365,8 +365,9 @@ def spread_rows(n, d, seed, offset=0.0):
 ])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_agr_tailored_selecting_reference(rule, ref_sel, n_h, m, f, offset):
-    """The returned gamma is selected by the brute-force rule, gamma * 1.001 is not, and no
-    gamma on a grid above it up to 20 gamma is (the largest accepted gamma)."""
+    """The returned gamma is selected by the brute-force rule, gamma * 1.003 is not (the
+    attack steps back 1e-3 from the boundary), and no gamma on a grid above it up to
+    20 gamma is (the largest accepted gamma)."""
     for seed in range(3):
         h = spread_rows(n_h, 5, seed, offset)
         res = tailored(h, m, f, rule)
@@ -378,7 +379,7 @@ def test_agr_tailored_selecting_reference(rule, ref_sel, n_h, m, f, offset):
             return ref_sel(xs + [mal] * m, f, n_h)
 
         assert res.selected and res.gamma > 0 and sel(res.gamma)
-        for g in [res.gamma * 1.001] + list(np.linspace(res.gamma * 1.002, 20 * res.gamma, 40)):
+        for g in [res.gamma * 1.003] + list(np.linspace(res.gamma * 1.004, 20 * res.gamma, 40)):
             assert not sel(float(g)), (rule, seed, g)
 
 
