@@ -319,3 +319,262 @@ def test_min_sum_gamma_matches_closed_form():
         s0 = float(((h - h.mean(0)) ** 2).sum())
         p = perturbation(h, "std")
         assert gamma == pytest.approx(math.sqrt((t_sum - s0) / (9 * float(p @ p))), rel=1e-4)
+
+
+# ---------------------------------------------------------------- AGR-tailored (NDSS 2021)
+
+
+def rule_of(name, **params):
+    from fedmedsec.aggregators import AGGREGATORS
+
+    entry = AGGREGATORS.get(name)
+    return entry.obj(entry.params.model_validate(params))
+
+
+def crafted_selected(rule, h, mal, m, f):
+    from fedmedsec.aggregators import AggregationContext
+
+    res = rule(torch.cat([h, mal.expand(m, -1)]), AggregationContext(f=f))
+    w = res.weights
+    return bool((w[h.shape[0]:] > 0).all()) or (int((w > 0).sum()) == 1 and bool((w[h.shape[0]:] > 0).any()))
+
+
+def agr_shift(rule, h, mal, m, f):
+    from fedmedsec.aggregators import AggregationContext
+
+    res = rule(torch.cat([h, mal.expand(m, -1)]), AggregationContext(f=f))
+    return float((res.aggregate.double() - h.double().mean(0)).norm())
+
+
+def tailored(rule_name, h, m, f, params=None, knowledge="full", n_clients=None, seed=0, **ctx_kw):
+    ctx = AttackContext(
+        modality="tabular", num_classes=2, input_shape=(5,), f=f, defense_rule=rule_name,
+        n_clients=n_clients or h.shape[0] + m, knowledge=knowledge, **ctx_kw,
+    )
+    atk = make_attack("agr_tailored", params or {}, ctx)
+    mal_in = h[:m].clone() if knowledge == "partial" else torch.zeros(m, h.shape[1], dtype=h.dtype)
+    ref = h[:m] if knowledge == "partial" else h
+    out = atk.collude(ref, mal_in, gen(seed), ctx)
+    assert out.shape == mal_in.shape and torch.all(out == out[0])
+    return atk, out[0]
+
+
+SELECTING_CASES = [("krum", 12, 3, 3), ("multi_krum", 12, 3, 3), ("bulyan", 9, 2, 2), ("krum", 6, 1, 1)]
+
+
+@pytest.mark.parametrize("rule_name, n_h, m, f", SELECTING_CASES)
+@pytest.mark.parametrize("direction", ["std", "unit_mean", "sign"])
+def test_agr_tailored_selected_at_gamma_and_not_beyond(rule_name, n_h, m, f, direction):
+    """Krum/Multi-Krum/Bulyan: the rule selects the crafted update at the returned gamma and
+    rejects it at gamma * (1 + 3e-3) (the margin is 1e-3): the largest gamma the rule accepts
+    (paper Sec. IV-B), and the copies are selected wherever they sit among the rows."""
+    rule = rule_of(rule_name)
+    for seed in range(4):
+        h = honest_updates(n_h, 40, seed)
+        atk, mal = tailored(rule_name, h, m, f, {"direction": direction})
+        gamma = atk.last.gamma
+        mu, p = h.mean(0), perturbation(h, "unit_vec" if direction == "unit_mean" else direction)
+        assert atk.last.selected and gamma > 0
+        assert torch.allclose(mal, mu + gamma * p)
+        assert crafted_selected(rule, h, mal, m, f)
+        from fedmedsec.aggregators import AggregationContext
+
+        for perm_seed in range(3):  # the copies anywhere among the rows
+            n = n_h + m
+            pos = torch.randperm(n, generator=gen(perm_seed))[:m]
+            rows_ = torch.empty(n, h.shape[1], dtype=h.dtype)
+            is_mal = torch.zeros(n, dtype=torch.bool)
+            is_mal[pos] = True
+            rows_[is_mal], rows_[~is_mal] = mal, h
+            w = rule(rows_, AggregationContext(f=f)).weights
+            assert bool((w[is_mal] > 0).all()) or (int((w > 0).sum()) == 1 and bool((w[is_mal] > 0).any()))
+        assert not crafted_selected(rule, h, mu + gamma * (1 + 3e-3) * p, m, f)
+        # brute force: no gamma on a grid beyond 1.003 gamma up to 20 gamma is selected
+        for g in np.linspace(gamma * 1.003, 20 * gamma, 60):
+            assert not crafted_selected(rule, h, mu + float(g) * p, m, f)
+
+
+@pytest.mark.parametrize("rule_name, params", [("median", {}), ("trimmed_mean", {}),
+                                               ("trimmed_mean", {"beta": 0.3})])
+def test_agr_tailored_coordinate_rules_maximise_the_shift(rule_name, params):
+    """Median / trimmed mean: the returned gamma maximises ||f_agr(benign + m mal) - mu||
+    (brute-force grid), so the tailored shift is at least the AGR-agnostic min-max and
+    min-sum shifts on the same inputs."""
+    rule = rule_of(rule_name, **params)
+    n_h, m, f = 12, 3, 3
+    for seed in range(4):
+        h = honest_updates(n_h, 40, seed)
+        atk, mal = tailored(rule_name, h, m, f, defense_params=params)
+        best = atk.last.objective
+        assert best == pytest.approx(agr_shift(rule, h, mal, m, f), rel=1e-12)
+        for agnostic in (min_max_update, min_sum_update):
+            assert best >= agr_shift(rule, h, agnostic(h)[0], m, f) * (1 - 1e-12)
+        mu, p = h.mean(0), perturbation(h, "std")
+        grid = np.concatenate([np.linspace(0, 10, 1001), np.geomspace(1e-3, 1e4, 200)])
+        brute = max(agr_shift(rule, h, mu + float(g) * p, m, f) for g in grid)
+        assert best >= brute * (1 - 1e-6)
+
+
+def test_agr_tailored_uses_the_deployed_rule_and_its_params():
+    h = honest_updates(12, 30, 1)
+    ctx = AttackContext(modality="tabular", num_classes=2, input_shape=(5,), f=2, n_clients=15,
+                        defense_rule="trimmed_mean", defense_params={"beta": 0.25})
+    atk = make_attack("agr_tailored", {}, ctx)
+    assert atk.rule_name == "trimmed_mean" and atk.threat.knowledge == "honest updates, aggregation rule"
+    from fedmedsec.aggregators import AggregationContext
+
+    x = honest_updates(15, 30, 2)
+    assert torch.equal(atk.rule(x, AggregationContext(f=2)).aggregate,
+                       rule_of("trimmed_mean", beta=0.25)(x, AggregationContext(f=2)).aggregate)
+    # an explicit attack.rule other than the deployed one takes that rule's defaults
+    atk = make_attack("agr_tailored", {"rule": "median"}, ctx)
+    assert atk.rule_name == "median"
+    assert atk.threat_for("partial").knowledge == "own benign updates, aggregation rule"
+
+
+@pytest.mark.parametrize("params, defense, needle", [
+    ({}, None, "attack.rule: not set"),
+    ({}, "fedavg", "defense.name = 'fedavg'"),
+    ({"rule": "flame"}, "krum", "attack.rule = 'flame'"),
+    ({"direction": "cos"}, "krum", "attack.direction = 'cos'"),
+    ({"tau": 2}, "krum", "attack.tau = 2"),
+])
+def test_agr_tailored_bad_config(params, defense, needle):
+    ctx = AttackContext(modality="tabular", num_classes=2, input_shape=(5,), defense_rule=defense)
+    with pytest.raises(ValueError) as exc:
+        make_attack("agr_tailored", params, ctx)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_agr_tailored_bad_defense_params_name_the_defense_key():
+    ctx = AttackContext(modality="tabular", num_classes=2, input_shape=(5,), defense_rule="trimmed_mean",
+                        defense_params={"beta": 0.9})
+    with pytest.raises(ValueError, match=r"defense\.beta = 0\.9"):
+        make_attack("agr_tailored", {}, ctx)
+
+
+@pytest.mark.parametrize("rule_name", ["krum", "multi_krum", "bulyan", "median", "trimmed_mean"])
+@pytest.mark.parametrize("m", [1, 3])
+def test_agr_tailored_partial_knowledge(rule_name, m):
+    """Partial knowledge: the attackers craft from their own benign rows (mean and direction
+    of the reference only) and simulate the round's n - m benign rows; the round's f applies
+    (lowered when the simulated rule would refuse it)."""
+    n, f = 15, 3
+    h = honest_updates(n, 30, 4)
+    atk, mal = tailored(rule_name, h, m, f, knowledge="partial", n_clients=n)
+    assert atk.threat.knowledge == "own benign updates, aggregation rule"
+    ref = h[:m]
+    mu, p = ref.mean(0), perturbation(ref, "std")
+    assert torch.allclose(mal, mu + atk.last.gamma * p)
+    assert torch.isfinite(mal).all() and atk.last.f is not None and atk.last.f <= f
+    if m == 1:  # one row: sigma = |x| (the documented fallback), still a real perturbation
+        assert torch.allclose(p, -ref[0].abs()) and atk.last.gamma > 0
+    # the collusion is reproducible from its generator
+    _, mal2 = tailored(rule_name, h, m, f, knowledge="partial", n_clients=n)
+    assert torch.equal(mal, mal2)
+
+
+# ---------------------------------------------------------------- accuracy far from the origin
+
+
+def direct_dists(h):
+    """Reference: pairwise distances by direct float64 differences."""
+    h = h.double()
+    return torch.stack([(h - h[i]).norm(dim=1) for i in range(h.shape[0])])
+
+
+@pytest.mark.parametrize("kind", ["std", "unit_vec", "sign"])
+@pytest.mark.parametrize("seed", range(4))
+def test_min_max_min_sum_constraint_holds_far_from_the_origin(kind, seed):
+    """Rows at offset 1e4 with spread 1e-2: the uncentred Gram lost ~1e-6 relative of the
+    threshold; now the constraint holds to float64 rounding (direct differences)."""
+    g = gen(seed)
+    h = 1e4 + 1e-2 * torch.randn(10, 64, generator=g, dtype=torch.float64)
+    dist = direct_dists(h)
+    mal, gamma = min_max_update(h, kind)
+    assert gamma > 0
+    assert float((mal - h).norm(dim=1).max()) <= float(dist.max()) * (1 + 1e-12)
+    mal, gamma = min_sum_update(h, kind)
+    assert gamma > 0
+    assert float(((mal - h) ** 2).sum()) <= float((dist ** 2).sum(1).max()) * (1 + 1e-12)
+
+
+def test_pairwise_sq_dists_accurate_far_from_the_origin():
+    from fedmedsec.attacks.model._common import pairwise_sq_dists
+
+    h = 1e4 + 1e-2 * torch.randn(8, 200, generator=gen(1), dtype=torch.float64)
+    ref = direct_dists(h) ** 2
+    assert torch.allclose(pairwise_sq_dists(h), ref, rtol=1e-10, atol=0)
+    h[0] = 1e8  # one huge row (an attacker) does not spoil the others' distances
+    ref = direct_dists(h) ** 2
+    assert torch.allclose(pairwise_sq_dists(h)[1:, 1:], ref[1:, 1:], rtol=1e-8, atol=0)
+
+
+# ---------------------------------------------------------------- knowledge levels
+
+
+def ctx_k(knowledge, n=20, f=0):
+    return AttackContext(modality="tabular", num_classes=2, input_shape=(5,), n_clients=n,
+                         knowledge=knowledge, f=f, defense_rule="median")
+
+
+@pytest.mark.parametrize("m", [2, 4, 7])
+def test_partial_knowledge_alie_uses_exactly_the_reference_statistics(m):
+    """Partial knowledge (NDSS 2021 Sec. III-B): ALIE from the m attackers' own benign rows:
+    their mean and sample std, and z from the round's n (ctx.n_clients), not n_ref + m."""
+    n = 20
+    own = honest_updates(m, 16, 9)
+    atk = make_attack("alie", {}, ctx_k("partial", n))
+    assert atk.threat.knowledge == "own benign updates"
+    out = atk.collude(own, own.clone(), gen(), ctx_k("partial", n))
+    z = alie_z(n, m)
+    assert torch.allclose(out, (own.mean(0) - z * own.std(0, correction=1)).expand(m, -1))
+    # full knowledge: the same rows are the honest set, n = n_h + m
+    full = make_attack("alie", {}, ctx_k("full", n)).collude(own, own.clone(), gen(), ctx_k("full", n))
+    assert torch.allclose(full[0], own.mean(0) - alie_z(2 * m, m) * own.std(0))
+    assert make_attack("alie", {}, ctx_k("full")).threat.knowledge == "honest updates"
+
+
+@pytest.mark.parametrize("name, params", [
+    ("alie", {}), ("ipm", {}), ("min_max", {}), ("min_sum", {}), ("fang", {}),
+    ("fang", {"target_rule": "krum"}), ("agr_tailored", {}),
+])
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_every_colluding_attack_runs_on_the_attackers_own_rows(name, params, m):
+    """Partial knowledge with the reference = the m attackers' own benign updates, m = 1
+    included: a finite, non-benign update, a partial threat model, reproducible."""
+    own = honest_updates(m, 24, 3)
+    ctx = ctx_k("partial", n=20, f=m)
+    atk = make_attack(name, params, ctx)
+    assert atk.threat.knowledge.startswith("own benign updates")
+    assert atk.threat_for("full").knowledge.startswith("honest updates")
+    assert atk.threat_for("partial") == atk.threat
+    out = atk.collude(own, own.clone(), gen(5), ctx)
+    assert out.shape == own.shape and torch.isfinite(out).all()
+    assert torch.equal(out, atk.collude(own, own.clone(), gen(5), ctx))
+    if name == "alie" and alie_z(20, m) == 0:  # the paper's z: s = 10 of 20 -> ppf(0.5) = 0
+        assert torch.allclose(out, own.mean(0).expand(m, -1))
+    else:
+        assert (out.mean(0) - own.mean(0)).norm() > 1e-3 * own.mean(0).norm()  # it deviates
+
+
+def test_single_reference_row_fallback():
+    """One reference row: sigma = |x| (SINGLE_ROW_CV = 1); min-max threshold sqrt(2)||x||,
+    so with p = -std the crafted update is x - sqrt(2)|x| (gamma = sqrt 2)."""
+    x = honest_updates(1, 12, 2)
+    mal, gamma = min_max_update(x, "std")
+    assert gamma == pytest.approx(math.sqrt(2), rel=1e-4)
+    assert torch.allclose(mal, x[0] - gamma * x[0].abs())
+    mal, gamma = min_sum_update(x, "std")  # ||mal - x||^2 <= 2 ||x||^2: the same gamma
+    assert gamma == pytest.approx(math.sqrt(2), rel=1e-4)
+    atk = make_attack("fang", {}, ctx_k("partial"))
+    out = atk.collude(x, x.clone(), gen(1), ctx_k("partial"))
+    s = torch.sign(x[0])
+    lo = torch.where(s < 0, x[0] + 3 * x[0].abs(), x[0] - 4 * x[0].abs())
+    assert torch.all(out[0] >= lo - 1e-12) and torch.all(out[0] <= lo + x[0].abs() + 1e-12)
+
+
+def test_threat_for_rejects_unknown_level():
+    with pytest.raises(ValueError, match="attack.knowledge = 'some'"):
+        make_attack("alie", {}, CTX).threat_for("some")
+    assert make_attack("sign_flip", {}, CTX).threat_for("partial").knowledge == "own update"

@@ -24,9 +24,12 @@ def make_none(params: NoParams, ctx: AttackContext) -> Attack:
 
 from . import data, model  # noqa: E402,F401  (registration)
 from .data import TRIGGERS  # noqa: E402
-from .selection import choose_attackers, is_active  # noqa: E402
+from .selection import (  # noqa: E402
+    SCHEDULES, active_rounds, check_schedule, choose_attackers, is_active,
+)
 
 __all__ = [
-    "ATTACKS", "NO_THREAT", "TRIGGERS", "Attack", "AttackContext", "ThreatModel",
-    "choose_attackers", "format_validation_error", "is_active", "make_attack",
+    "ATTACKS", "NO_THREAT", "SCHEDULES", "TRIGGERS", "Attack", "AttackContext", "ThreatModel",
+    "active_rounds", "check_schedule", "choose_attackers", "format_validation_error",
+    "is_active", "make_attack",
 ]

@@ -4,11 +4,16 @@ An attack is built from its validated parameters by a registered factory. The Fl
 plumbing calls it at three points, all optional:
 
 1. ``poison_data`` on the malicious hospital's local training data, before training;
-2. ``poison_update`` on the hospital's own update ``Tensor[d]`` after training (knowledge:
+2. ``train_hooks`` into the hospital's own local training loop (``training.TrainHooks``:
+   Neurotoxin's gradient mask, the defense-aware backdoor's norm-ball projection), after
+   ``observe`` has shown it the round's global model;
+3. ``poison_update`` on the hospital's own update ``Tensor[d]`` after training (knowledge:
    own update only);
-3. ``collude`` on the server side in simulation, for attacks whose threat model needs the
-   honest updates of the round (ALIE, IPM, min-max, min-sum, Fang): the omniscient,
-   colluding adversary of those papers.
+4. ``collude`` on the server side in simulation, for attacks whose threat model needs benign
+   statistics (ALIE, IPM, min-max, min-sum, Fang, AGR-tailored). With ``knowledge = "full"``
+   the reference rows are the round's honest updates (the omniscient, colluding adversary of
+   those papers); with ``"partial"`` they are the attackers' own benign updates, all a real
+   red-team hospital has (Shejwalkar and Houmansadr, NDSS 2021, Sec. III-B).
 
 Every attack declares its ``ThreatModel`` (SoK: Security and Privacy Risks of Healthcare
 AI, arXiv 2409.07415): goal, adversary and knowledge; it goes into the results.
@@ -16,7 +21,7 @@ AI, arXiv 2409.07415): goal, adversary and knowledge; it goes into the results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
     from ..training import TrainHooks
 
 Goal = Literal["integrity", "availability", "confidentiality"]
+Knowledge = Literal["full", "partial"]
+
+#: What a colluding attack knows about the benign updates, per knowledge level; the
+#: ThreatModel's ``knowledge`` text of a colluding attack contains exactly one of them.
+BENIGN_KNOWLEDGE = {"full": "honest updates", "partial": "own benign updates"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,13 @@ class AttackContext:
     f: the defender's assumed f (public in these papers' threat models).
     round: the server round. feature_low / feature_high: per-feature min/max of the
     (preprocessed) training data, np.ndarray[input_shape] (tabular triggers use them).
+    defense_rule / defense_params: the server's ``defense.name`` and the rule's own keys
+    (e.g. ``{"beta": 0.1}`` for trimmed_mean), for attacks tailored to the deployed rule.
+    knowledge: "full" (collude sees the round's honest updates) or "partial" (only the
+    attackers' own benign updates; n_clients is still the round's n).
+    class_names: the dataset's class names, or None; class_counts: training records per
+    class (pooled over the hospitals, a count per class), or None. Both choose the default
+    backdoor target (``data.backdoor.default_target_label``).
     """
 
     modality: str
@@ -65,6 +82,11 @@ class AttackContext:
     round: int = 1
     feature_low: np.ndarray | None = None
     feature_high: np.ndarray | None = None
+    defense_rule: str | None = None
+    defense_params: Mapping[str, Any] = field(default_factory=dict)
+    knowledge: Knowledge = "full"
+    class_names: tuple[str, ...] | None = None
+    class_counts: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -90,11 +112,34 @@ class Attack:
         return update
 
     def collude(
-        self, honest: torch.Tensor, malicious: torch.Tensor, rng: torch.Generator, ctx: AttackContext
+        self, reference: torch.Tensor, malicious: torch.Tensor, rng: torch.Generator,
+        ctx: AttackContext,
     ) -> torch.Tensor:
-        """honest: Tensor[n_h, d], malicious: Tensor[m, d] (what the attackers trained)
+        """reference: Tensor[n_ref, d] the benign updates the attackers know (full knowledge:
+        the round's n_h honest updates; partial: their own m benign updates, then equal to
+        ``malicious``), malicious: Tensor[m, d] (what the attackers trained)
         -> Tensor[m, d] the attackers send. Called only if ``needs_honest_updates``."""
         return malicious
+
+    def threat_for(self, knowledge: Knowledge) -> ThreatModel:
+        """The threat model at a knowledge level: a colluding attack's ``knowledge`` text
+        names "honest updates" (full) or "own benign updates" (partial); others unchanged."""
+        if knowledge not in BENIGN_KNOWLEDGE:
+            raise ValueError(f"attack.knowledge = {knowledge!r}: choose one of full, partial")
+        if not self.needs_honest_updates:
+            return self.threat
+        text = self.threat.knowledge
+        for words in BENIGN_KNOWLEDGE.values():
+            if words in text:
+                new = text.replace(words, BENIGN_KNOWLEDGE[knowledge])
+                return replace(self.threat, knowledge=new)
+        return self.threat
+
+    def observe(self, global_vec: torch.Tensor, state: dict[str, Any], ctx: AttackContext) -> None:
+        """Show the attacker the round's global model Tensor[d] (every round this malicious
+        hospital takes part in, attacking or not, before ``train_hooks``). Attacks that learn
+        from the global model's history (Neurotoxin's benign direction) keep it in ``state``;
+        calling it twice in one round (ctx.round) must not change anything."""
 
     def train_hooks(
         self, global_vec: torch.Tensor, state: dict[str, Any], ctx: AttackContext
@@ -152,9 +197,9 @@ def make_attack(
     """Build the attack registered as ``name`` from its raw parameters.
 
     ``params`` must already be stripped of the keys the lead handles (name, fraction,
-    hospitals, start_round, end_round). Every user mistake (unknown attack, unknown key, value
-    out of range, misfit to the data) becomes a ``ValueError`` with a one-line message naming
-    the key."""
+    hospitals, start_round, end_round, schedule, every, at_round, round_fraction,
+    knowledge). Every user mistake (unknown attack, unknown key, value out of range, misfit
+    to the data) becomes a ``ValueError`` with a one-line message naming the key."""
     if name not in ATTACKS:
         choices = ", ".join(ATTACKS.names())
         raise ValueError(f"{prefix}.name = {name!r}: unknown attack; choose one of {choices}")

@@ -1,7 +1,9 @@
 """Model poisoning attacks on update vectors: sign flip, Gaussian, scaling (model
-replacement), ALIE, IPM, min-max, min-sum, Fang. Importing registers them in ``ATTACKS``."""
+replacement), ALIE, IPM, min-max, min-sum, Fang, AGR-tailored. Importing registers them in
+``ATTACKS``."""
 
-from . import alie, fang, ipm, min_max, simple  # noqa: F401  (registration)
+from . import agr_tailored, alie, fang, ipm, min_max, simple  # noqa: F401  (registration)
+from .agr_tailored import agr_tailored as agr_tailored_update, maximise_gamma
 from .alie import alie as alie_update, alie_z
 from .fang import fang_krum, fang_trimmed_mean, krum_index
 from .ipm import ipm as ipm_update
@@ -9,7 +11,7 @@ from .min_max import largest_gamma, min_max as min_max_update, min_sum as min_su
 from .simple import gaussian as gaussian_update, scale_update, sign_flip as sign_flip_update
 
 __all__ = [
-    "alie_update", "alie_z", "fang_krum", "fang_trimmed_mean", "gaussian_update",
-    "ipm_update", "krum_index", "largest_gamma", "min_max_update", "min_sum_update",
-    "scale_update", "sign_flip_update",
+    "agr_tailored_update", "alie_update", "alie_z", "fang_krum", "fang_trimmed_mean",
+    "gaussian_update", "ipm_update", "krum_index", "largest_gamma", "maximise_gamma",
+    "min_max_update", "min_sum_update", "scale_update", "sign_flip_update",
 ]

@@ -11,7 +11,9 @@ from scipy.stats import norm
 
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
-from ._common import COLLUDING, check_honest, honest_std, send_same
+from ._common import (
+    COLLUDING, check_reference, reference_std, round_size, send_same, with_knowledge,
+)
 
 
 def alie_z(n: int, m: int) -> float:
@@ -27,15 +29,18 @@ def alie_z(n: int, m: int) -> float:
     return float(norm.ppf((n - s) / n))
 
 
-def alie(honest: torch.Tensor, z: float) -> torch.Tensor:
+def alie(reference: torch.Tensor, z: float) -> torch.Tensor:
     """Crafted update, per coordinate j: mu_j - z * sigma_j, with mu, sigma the mean and the
-    sample standard deviation of the honest updates (Baruch et al. 2019, Alg. 1).
+    sample standard deviation (correction 1) of the reference updates (Baruch et al. 2019,
+    Alg. 1): the honest updates (full knowledge) or the attackers' own benign updates
+    (partial knowledge; the paper's attackers estimate from their own data).
 
-    honest: Tensor[n_h, d] -> Tensor[d]. Each coordinate stays within z * sigma_j of the mean,
-    which is what lets it pass median, trimmed mean, Krum and Bulyan."""
-    check_honest(honest)
-    h = honest.to(torch.float64)
-    return (h.mean(dim=0) - z * honest_std(h)).to(honest.dtype)
+    reference: Tensor[n_ref, d] -> Tensor[d]. Each coordinate stays within z * sigma_j of the
+    mean, which is what lets it pass median, trimmed mean, Krum and Bulyan. For n_ref = 1
+    sigma = |x| (``_common`` fallback)."""
+    check_reference(reference)
+    r = reference.to(torch.float64)
+    return (r.mean(dim=0) - z * reference_std(r)).to(reference.dtype)
 
 
 class AlieParams(Params):
@@ -48,12 +53,13 @@ class AlieParams(Params):
 class Alie(Attack):
     z: float | None = None
 
-    def collude(self, honest, malicious, rng, ctx):
-        n = honest.shape[0] + malicious.shape[0]
+    def collude(self, reference, malicious, rng, ctx):
+        """z from the round's n (n_ref + m with full knowledge, ctx.n_clients with partial)."""
+        n = round_size(reference, malicious, ctx)
         z = self.z if self.z is not None else alie_z(n, malicious.shape[0])
-        return send_same(alie(honest, z), malicious)
+        return send_same(alie(reference, z), malicious)
 
 
 @ATTACKS.register("alie", AlieParams, kind="model")
 def make_alie(params: AlieParams, ctx: AttackContext) -> Alie:
-    return Alie(threat=COLLUDING, needs_honest_updates=True, z=params.z)
+    return with_knowledge(Alie(threat=COLLUDING, needs_honest_updates=True, z=params.z), ctx)

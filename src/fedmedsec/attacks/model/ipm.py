@@ -9,16 +9,17 @@ from pydantic import Field
 
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
-from ._common import COLLUDING, check_honest, send_same
+from ._common import COLLUDING, check_reference, send_same, with_knowledge
 
 
-def ipm(honest: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Crafted update -epsilon * mean_i(honest_i): Tensor[n_h, d] -> Tensor[d].
+def ipm(reference: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Crafted update -epsilon * mean_i(reference_i): Tensor[n_ref, d] -> Tensor[d].
 
     Makes the inner product of the aggregate with the true gradient negative; a small
-    epsilon (0.1) stays close enough to pass median and Krum (Xie et al. 2019)."""
-    check_honest(honest)
-    return (-epsilon * honest.to(torch.float64).mean(dim=0)).to(honest.dtype)
+    epsilon (0.1) stays close enough to pass median and Krum (Xie et al. 2019). The
+    reference is the honest updates (full knowledge) or the attackers' own (partial)."""
+    check_reference(reference)
+    return (-epsilon * reference.to(torch.float64).mean(dim=0)).to(reference.dtype)
 
 
 class IpmParams(Params):
@@ -29,10 +30,11 @@ class IpmParams(Params):
 class Ipm(Attack):
     epsilon: float = 0.1
 
-    def collude(self, honest, malicious, rng, ctx):
-        return send_same(ipm(honest, self.epsilon), malicious)
+    def collude(self, reference, malicious, rng, ctx):
+        return send_same(ipm(reference, self.epsilon), malicious)
 
 
 @ATTACKS.register("ipm", IpmParams, kind="model")
 def make_ipm(params: IpmParams, ctx: AttackContext) -> Ipm:
-    return Ipm(threat=COLLUDING, needs_honest_updates=True, epsilon=params.epsilon)
+    atk = Ipm(threat=COLLUDING, needs_honest_updates=True, epsilon=params.epsilon)
+    return with_knowledge(atk, ctx)
