@@ -34,7 +34,8 @@ COMMON_KEYS = {
     "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
              "local_test_fraction", "positive_class"},
     "model": {"name"},
-    "attack": {"name", "fraction", "hospitals", "start_round", "end_round"},
+    "attack": {"name", "fraction", "hospitals", "start_round", "end_round", "knowledge", "schedule",
+               "every", "at_round", "round_fraction"},
     "defense": {"name", "f", "pre", "weighted", "root_size", "max_update_norm"},
     "detection": {"name"},
 }
@@ -126,6 +127,13 @@ class AttackConfig(_Named):
     hospitals: list[int] | None = Field(None, max_length=100_000)
     start_round: int = Field(1, ge=1, le=100_000)
     end_round: int | None = Field(None, ge=1, le=100_000)
+    knowledge: Literal["full", "partial"] = Field(
+        "full", description="colluding attacks: the round's honest updates (full, simulation only) "
+                            "or the attackers' own benign updates (partial)")
+    schedule: Literal["every_round", "every_k", "single_shot", "random"] = "every_round"
+    every: int = Field(1, ge=1, le=100_000, description="every_k: attack every k-th round of the window")
+    at_round: int | None = Field(None, ge=1, le=100_000, description="single_shot: the round")
+    round_fraction: float = Field(1.0, ge=0.0, le=1.0, description="random: share of the window's rounds")
 
 
 class DefenseConfig(_Named):
@@ -410,6 +418,10 @@ def applicable_common_keys(section: str, entry, cfg: Config) -> set[str]:
     keys = set(COMMON_KEYS[section])
     if section == "attack" and entry.meta.get("kind") == "none":
         keys = {"name"}
+    if section == "attack":
+        for k, schedule in (("every", "every_k"), ("at_round", "single_shot"), ("round_fraction", "random")):
+            if cfg.attack.schedule != schedule:
+                keys.discard(k)
     if section == "defense":
         if not entry.meta.get("needs_reference"):
             keys.discard("root_size")
@@ -485,6 +497,14 @@ def validate_components(cfg: Config) -> None:
         raise ConfigError(
             f"attack.end_round = {a.end_round}: must be >= attack.start_round ({a.start_round})",
             key="attack.end_round")
+    if a.name != "none":
+        from .attacks.selection import check_schedule
+
+        try:
+            check_schedule(a.schedule, a.start_round, a.end_round or max(e.rounds, a.start_round), a.every, a.at_round,
+                           a.round_fraction)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="attack.schedule") from None
     if e.eval_every > e.rounds:
         raise ConfigError(f"experiment.eval_every = {e.eval_every}: must be <= experiment.rounds ({e.rounds})",
                           key="experiment.eval_every")

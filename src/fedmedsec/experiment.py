@@ -29,6 +29,9 @@ class Setup:
     data: FederatedData
     attackers: tuple[int, ...]
     dp_fix: bool = False  # the model needs Opacus's ModuleValidator.fix for DP-SGD
+    #: a deployment node crafts colluding attacks itself from its own update (partial
+    #: knowledge); in simulation the server-side adversary hook does it
+    collude_locally: bool = False
 
     @property
     def n(self) -> int:
@@ -49,12 +52,17 @@ class Setup:
     def attack_context(self, partition_id: int | None = None, server_round: int = 1,
                        n_clients: int | None = None) -> AttackContext:
         idx = self.attackers.index(partition_id) if partition_id in self.attackers else 0
+        d = self.data
         return AttackContext(
-            modality=self.data.modality, num_classes=self.data.num_classes,
-            input_shape=self.data.input_shape, n_clients=n_clients or self.n,
+            modality=d.modality, num_classes=d.num_classes,
+            input_shape=d.input_shape, n_clients=n_clients or self.n,
             n_attackers=max(len(self.attackers), 1), attacker_index=idx,
             f=self.cfg.defense.f, round=server_round,
-            feature_low=self.data.feature_low, feature_high=self.data.feature_high,
+            feature_low=d.feature_low, feature_high=d.feature_high,
+            defense_rule=self.cfg.defense.name, defense_params=self.cfg.params("defense"),
+            knowledge=self.cfg.attack.knowledge,
+            class_names=tuple(d.class_names) if d.class_names else None,
+            class_counts=tuple(int(c) for c in d.class_counts) if d.class_counts is not None else None,
         )
 
     @cached_property
@@ -73,10 +81,20 @@ class Setup:
 
     def attack_active(self, partition_id: int, server_round: int, role: bool | None = None) -> bool:
         """Does this hospital attack in this round? ``role`` (a deployment node's
-        ``role``) overrides the config's choice of attackers; the window still applies."""
-        a = self.cfg.attack
+        ``role``) overrides the config's choice of attackers; the window and the schedule
+        (``attacks.selection.is_active``) still apply."""
         malicious = self.is_malicious(partition_id) if role is None else (role and self.attack is not None)
-        return malicious and is_active(server_round, a.start_round, a.end_round)
+        return malicious and self.attack_round(server_round)
+
+    def attack_round(self, server_round: int) -> bool:
+        """Is the attack scheduled in this round (for whoever is malicious)?"""
+        a, e = self.cfg.attack, self.cfg.experiment
+        return is_active(server_round, a.start_round, a.end_round or max(e.rounds, a.start_round), a.schedule, a.every,
+                         a.at_round, a.round_fraction, e.seed)
+
+    def training_hooks(self, server_round: int, partition_id: int):
+        """Hooks every hospital's local training gets (adversarial training), or None."""
+        return None
 
     def generator(self, stream: Stream, *key: int) -> torch.Generator:
         """The torch generator of ``stream`` keyed by ``key`` (e.g. round, partition id)."""

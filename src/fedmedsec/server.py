@@ -217,11 +217,16 @@ class Coordinator:
         if attack is None or not attack.needs_honest_updates:
             return updates
         mal = torch.tensor([self.setup.attack_active(pid, server_round) for pid in ids])
-        if not mal.any() or mal.all():
+        if not mal.any() or (mal.all() and self.cfg.attack.knowledge == "full"):
             return updates
         first = ids[int(mal.nonzero()[0])]
         ctx = self.setup.attack_context(first, server_round, n_clients=len(ids))
-        crafted = attack.collude(updates[~mal], updates[mal],
+        if self.setup.collude_locally:
+            return updates  # the attackers crafted their updates on their own nodes
+        # full knowledge: the round's honest updates (the papers' omniscient colluders);
+        # partial: only the colluders' own benign updates (Shejwalkar and Houmansadr 2021)
+        reference = updates[~mal] if self.cfg.attack.knowledge == "full" else updates[mal]
+        crafted = attack.collude(reference, updates[mal],
                                  self.setup.generator(Stream.COLLUSION, server_round), ctx)
         out = updates.clone()
         out[mal] = crafted.to(out.dtype)

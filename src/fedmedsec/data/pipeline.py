@@ -48,6 +48,7 @@ class FederatedData:
     class_names: list[str] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     positive_label: int | None = None  # the class of interest for sensitivity, or None
+    class_counts: np.ndarray | None = None  # training records per class, all hospitals
 
     @property
     def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +199,7 @@ def _build(cfg, root_size: int) -> FederatedData:
         root_y=root_y,
         class_names=raw.class_names,
         notes=tuple(raw.notes) + tuple(notes),
+        class_counts=np.bincount(y[train_rows], minlength=raw.num_classes),
         positive_label=positive_label(d.positive_class if d.positive_class is not None
                                       else raw.positive_class, raw),
     )

@@ -12,7 +12,8 @@ node play the configured attack (red-team runs), ``role = "honest"`` keeps it ho
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import privacy as _privacy  # noqa: F401  (imports Opacus with loggers protected)
@@ -64,11 +65,24 @@ def _role(context: Context) -> bool | None:
     return str(role).lower() in ("attacker", "malicious")
 
 
-def _state(context: Context) -> ConfigRecord:
-    """This node's state across rounds (e.g. the DP accountant's history)."""
-    if "fedmedsec" not in context.state:
-        context.state["fedmedsec"] = ConfigRecord()
-    return context.state["fedmedsec"]
+def load_state(context: Context) -> dict:
+    """This hospital's state across rounds as a plain dict (e.g. the DP accountant's
+    history, an attack's last global model): scalars and lists live in a ConfigRecord,
+    tensors in an ArrayRecord of ``context.state``."""
+    out: dict = {}
+    if "fedmedsec" in context.state:
+        out.update(dict(context.state["fedmedsec"]))
+    if "fedmedsec-arrays" in context.state:
+        for k, a in context.state["fedmedsec-arrays"].items():
+            out[k] = torch.from_numpy(a.numpy().copy())
+    return out
+
+
+def save_state(context: Context, state: dict) -> None:
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    context.state["fedmedsec"] = ConfigRecord({k: v for k, v in state.items() if k not in tensors})
+    if tensors:
+        context.state["fedmedsec-arrays"] = ArrayRecord({k: v.detach().clone() for k, v in tensors.items()})
 
 
 @app.train()
@@ -77,8 +91,10 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
-    local, metrics = local_train(setup, hospital, global_vec, server_round, _state(context),
+    state = load_state(context)
+    local, metrics = local_train(setup, hospital, global_vec, server_round, state,
                                  malicious=_role(context))
+    save_state(context, state)
     content = RecordDict({"arrays": to_record(model, local), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

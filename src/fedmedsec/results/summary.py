@@ -80,7 +80,10 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         "defense": cfg.defense.name,
         "privacy_mode": cfg.privacy.mode,
         "malicious_hospitals": list(setup.attackers) if attack is not None else [],
-        "threat_model": dataclasses.asdict(attack.threat) if attack is not None else None,
+        "threat_model": (dataclasses.asdict(attack.threat_for(cfg.attack.knowledge))
+                         if attack is not None else None),
+        "attack_rounds": [r for r in range(1, cfg.experiment.rounds + 1) if setup.attack_round(r)]
+        if attack is not None else [],
         "membership_inference": None,
         "cost": {
             "seconds_per_round": float(np.mean([r["round_seconds"] for r in co.rounds])) if co.rounds else None,
