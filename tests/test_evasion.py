@@ -132,9 +132,9 @@ def test_fgsm_is_the_closed_form_sign_step_on_a_logistic_model():
 # ------------------------------------------------------------------ constraints (property)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(seed=st.integers(0, 10_000), norm=st.sampled_from(["linf", "l2"]),
-       eps=st.floats(0.01, 2.0), attack=st.sampled_from(["fgsm", "pgd", "apgd"]),
+       eps=st.floats(0.01, 2.0), attack=st.sampled_from(["fgsm", "pgd", "apgd", "apgd-dlr"]),
        targeted=st.booleans())
 def test_attacks_stay_in_ball_box_and_keep_immutable_features(seed, norm, eps, attack, targeted):
     rng = np.random.default_rng(seed)
@@ -145,8 +145,8 @@ def test_attacks_stay_in_ball_box_and_keep_immutable_features(seed, norm, eps, a
     imm = np.zeros(f, bool)
     imm[[0, 3]] = True
     dom = domain_for("tabular", (f,), low, high, imm)
-    m = mlp(f, 3, seed=seed % 7)
-    y = torch.as_tensor(rng.integers(0, 3, n))
+    m = mlp(f, 4, seed=seed % 7)
+    y = torch.as_tensor(rng.integers(0, 4, n))
     xt = torch.as_tensor(x)
     xa = run_attack(attack, m, xt, y, eps=eps, norm=norm, steps=5, domain=dom, generator=gen(seed),
                     targeted_label=2 if targeted else None)
@@ -325,6 +325,9 @@ def test_dlr_needs_three_classes_and_autoattack_needs_one_range():
     tab = domain_for("tabular", (3,), np.zeros(3), np.ones(3))
     with pytest.raises(ValueError, match="autoattack"):
         check_attacks(["autoattack"], num_classes=5, domain=tab)
+    with pytest.raises(ValueError, match="image only, not ecg"):
+        check_attacks(["autoattack"], num_classes=4, domain=domain_for("ecg", (1, 50)))
+    check_attacks(["autoattack", "apgd-dlr"], num_classes=4, domain=domain_for("image", (1, 8, 8)))
     with pytest.raises(ValueError, match="unknown attack"):
         check_attacks(["cw"], num_classes=2)
 
@@ -383,6 +386,9 @@ def test_max_records_caps_the_evaluated_rows(image_task):
     rows = robustness_report(m, x, y, attacks=["fgsm"], eps_list=[0.05], modality="image",
                              generator=gen(), max_records=10)
     assert rows[0]["n"] == 10
+    empty = robustness_report(m, x[:0], y[:0], attacks=["pgd"], eps_list=[0.05], modality="image",
+                              generator=gen(), num_classes=2)
+    assert empty[0]["n"] == 0 and math.isnan(empty[0]["robust_accuracy"])
 
 
 # ------------------------------------------------------------------ feature squeezing

@@ -15,7 +15,7 @@ from .attacks import (
     project,
     run_attack,
 )
-from .config import DEFAULT_EPS, AdversarialTrainingConfig, EvasionConfig
+from .config import DEFAULT_ADVERSARIAL_EPS, DEFAULT_EPS, AdversarialTrainingConfig, EvasionConfig
 from .detection import (
     DetectionResult,
     feature_squeezing_detection,
@@ -32,5 +32,5 @@ __all__ = [
     "default_step_size", "robustness_report", "combine_reports", "WORST_CASE",
     "DetectionResult", "feature_squeezing_detection", "fit_threshold", "squeezers_for",
     "squeezing_scores", "adversarial_batch", "adversarial_training_hooks",
-    "EvasionConfig", "AdversarialTrainingConfig", "DEFAULT_EPS",
+    "EvasionConfig", "AdversarialTrainingConfig", "DEFAULT_EPS", "DEFAULT_ADVERSARIAL_EPS",
 ]

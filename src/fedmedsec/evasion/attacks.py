@@ -471,7 +471,8 @@ for _name, _fn, _meta in (
      dict(min_classes=2, min_classes_targeted=2, ta=NORMS, ta_targeted=())),
     ("apgd-dlr", functools.partial(apgd, loss="dlr"),
      dict(min_classes=3, min_classes_targeted=4, ta=NORMS, ta_targeted=())),
-    ("autoattack", None, dict(min_classes=4, min_classes_targeted=None, ta=NORMS, ta_targeted=())),
+    ("autoattack", None, dict(min_classes=4, min_classes_targeted=None, ta=NORMS, ta_targeted=(),
+                              modalities=("image",))),
 ):
     EVASION_ATTACKS.register(_name, NoParams, **_meta)(_fn)
 
@@ -481,7 +482,8 @@ ATTACK_NAMES = tuple(EVASION_ATTACKS.names())
 def check_attacks(attacks: Sequence[str], *, num_classes: int, domain: InputDomain | None = None,
                   targeted: bool = False) -> None:
     """Raise a one-line ValueError if an attack in ``evasion.attacks`` cannot run on this
-    task (unknown name, too few classes, targeted AutoAttack, AutoAttack on tabular)."""
+    task (unknown name, too few classes, targeted AutoAttack, AutoAttack beyond images:
+    its Square attack needs 2-D images, and FAB / Square cannot keep tabular boxes)."""
     for a in attacks:
         if a not in EVASION_ATTACKS:
             raise ValueError(f"evasion.attacks: unknown attack {a!r}; choose from {', '.join(ATTACK_NAMES)}")
@@ -494,14 +496,15 @@ def check_attacks(attacks: Sequence[str], *, num_classes: int, domain: InputDoma
                     if num_classes == 2 else "")
             raise ValueError(f"evasion.attacks: {a!r}{' targeted' if targeted else ''} needs >= {need} "
                              f"classes, the task has {num_classes}{hint}")
-        if EVASION_ATTACKS.get(a).obj is None and domain is not None and domain.scalar_range is None:
-            raise ValueError(f"evasion.attacks: {a!r} cannot keep per-feature ranges or immutable "
-                             f"features ({domain.modality}); use apgd")
+        mods = meta.get("modalities")
+        if mods is not None and domain is not None and domain.modality not in mods:
+            raise ValueError(f"evasion.attacks: {a!r} runs on {', '.join(mods)} only, not "
+                             f"{domain.modality}; use apgd (and apgd-dlr)")
 
 
 def run_attack(
     name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, domain: InputDomain,
-    norm: Norm = "linf", steps: int = 20, targeted_label: int | None = None,
+    norm: Norm = "linf", steps: int = 10, targeted_label: int | None = None,
     generator: torch.Generator, backend: Literal["auto", "torchattacks", "reference"] = "auto",
     restarts: int = 1, step_size: float | None = None, num_classes: int | None = None,
 ) -> Tensor:

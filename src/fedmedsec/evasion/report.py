@@ -115,7 +115,7 @@ def robustness_report(
     attacks: Sequence[str] = ("fgsm", "pgd", "apgd"),
     eps_list: Sequence[float],
     norm: Norm = "linf",
-    steps: int = 20,
+    steps: int = 10,
     targeted_label: int | None = None,
     modality: str | None = None,
     feature_low=None,
