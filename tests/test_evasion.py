@@ -524,3 +524,9 @@ def test_immutable_by_name_or_index():
         domain_for("image", (1, 2, 2), immutable=[0])
     with pytest.raises(ValueError, match="feature_low"):
         domain_for("tabular", (3,))
+
+
+def test_config_lists_the_registered_attacks():
+    from fedmedsec.evasion import attacks, config
+
+    assert tuple(sorted(config.ATTACK_NAMES)) == tuple(sorted(attacks.ATTACK_NAMES))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from .data.pipeline import HospitalData
-from .evaluation import EvalCounts, evaluate_records
+from .evaluation import EvalCounts, evaluate_records, robustness
 from .experiment import Setup
 from .streams import Stream
 from .training import chain_hooks, load_state_vector, state_vector, train_local
@@ -102,14 +103,18 @@ def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any, h
     return {"train-loss": res.loss, "epsilon": res.epsilon}
 
 
-def local_evaluate(setup: Setup, hospital: HospitalData,
-                   global_vec: torch.Tensor) -> tuple[dict[str, float], EvalCounts]:
+def local_evaluate(setup: Setup, hospital: HospitalData, global_vec: torch.Tensor,
+                   server_round: int | None = None) -> tuple[dict[str, float], EvalCounts]:
     """The global model on the hospital's own test split: (loss, accuracy, num-examples,
-    partition-id) and the counts the server merges (clean, and triggered copies when the
-    attack is targeted)."""
+    partition-id) and the counts the server merges (clean, triggered copies when the attack
+    is targeted, and the evasion rows on the rounds ``[evasion]`` runs)."""
     model = setup.new_model()
     load_state_vector(model, global_vec)
     ev = evaluate_records(setup, model, hospital.x_test, hospital.y_test)
+    if server_round is not None and setup.evasion_round(server_round):
+        rows = robustness(setup, model, hospital.x_test, hospital.y_test, server_round, hospital.id,
+                          x_calibration=hospital.x_train[:200])
+        ev = dataclasses.replace(ev, robustness=rows)
     n = ev.clean.count
     acc = float(np.trace(ev.clean.confusion)) / n if n else float("nan")
     loss = ev.clean.loss_sum / n if n and ev.clean.nonfinite == 0 else float("nan")

@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .evasion.config import EvasionConfig
+
 #: keys of the named sections that are not component parameters
 COMMON_KEYS = {
     "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
@@ -119,6 +121,22 @@ class TrainConfig(_Section):
     lr: float = Field(0.05, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, le=100)
+    # federated adversarial training (Madry et al. 2018 at each hospital; Zizzo et al. 2020)
+    adversarial: Literal["none", "pgd"] = "none"
+    adversarial_eps: float = Field(0.0, ge=0.0, le=1e3, description="budget in the modality's units")
+    adversarial_steps: int = Field(5, ge=1, le=100)
+    adversarial_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of each batch")
+    adversarial_norm: Literal["linf", "l2"] = "linf"
+
+    @model_validator(mode="after")
+    def _adversarial(self) -> TrainConfig:
+        if self.adversarial == "pgd" and not self.adversarial_eps > 0:
+            raise ValueError("train.adversarial = 'pgd' needs train.adversarial_eps > 0")
+        extra = {"adversarial_eps", "adversarial_steps", "adversarial_fraction", "adversarial_norm"}
+        given = extra & self.model_fields_set
+        if self.adversarial == "none" and given:
+            raise ValueError(f"train.{sorted(given)[0]} does not apply to train.adversarial = 'none'")
+        return self
 
 
 class AttackConfig(_Named):
@@ -216,6 +234,7 @@ class Config(_Section):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyNone)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    evasion: EvasionConfig = Field(default_factory=EvasionConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 

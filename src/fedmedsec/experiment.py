@@ -86,6 +86,11 @@ class Setup:
         malicious = self.is_malicious(partition_id) if role is None else (role and self.attack is not None)
         return malicious and self.attack_round(server_round)
 
+    def evasion_round(self, server_round: int) -> bool:
+        """Is the global model attacked at test time after this round (``[evasion]``)?"""
+        ev, rounds = self.cfg.evasion, self.cfg.experiment.rounds
+        return ev.enabled and (server_round == rounds or (ev.every > 0 and server_round % ev.every == 0))
+
     def attack_round(self, server_round: int) -> bool:
         """Is the attack scheduled in this round (for whoever is malicious)?"""
         a, e = self.cfg.attack, self.cfg.experiment
@@ -93,8 +98,32 @@ class Setup:
                          a.at_round, a.round_fraction, e.seed)
 
     def training_hooks(self, server_round: int, partition_id: int):
-        """Hooks every hospital's local training gets (adversarial training), or None."""
-        return None
+        """Hooks every hospital's local training gets: PGD adversarial training when
+        ``train.adversarial = "pgd"`` (Madry et al. 2018 inside each hospital, the federated
+        setting of Zizzo et al. 2020), else None."""
+        t = self.cfg.train
+        if t.adversarial != "pgd":
+            return None
+        from .evasion.adversarial import adversarial_training_hooks
+
+        return adversarial_training_hooks(
+            eps=t.adversarial_eps, steps=t.adversarial_steps, fraction=t.adversarial_fraction,
+            norm=t.adversarial_norm, domain=self.input_domain,
+            generator=self.generator(Stream.ADVERSARIAL_TRAINING, server_round, partition_id))
+
+    @cached_property
+    def input_domain(self):
+        """The valid inputs of the modality (``evasion.domain``): images in [0, 1], ECG in
+        the signal's range, tabular features in their observed ranges with immutable
+        columns (``evasion.immutable``) never perturbed."""
+        from .evasion.domain import domain_for
+
+        d = self.data
+        try:
+            return domain_for(d.modality, d.input_shape, d.feature_low, d.feature_high,
+                              self.cfg.evasion.immutable or None, d.feature_names)
+        except ValueError as e:
+            raise ConfigError(str(e), key="evasion.immutable") from None
 
     def generator(self, stream: Stream, *key: int) -> torch.Generator:
         """The torch generator of ``stream`` keyed by ``key`` (e.g. round, partition id)."""
@@ -126,9 +155,27 @@ def build_setup(cfg: Config) -> Setup:
             raise ConfigError(str(e)) from None
     setup = Setup(cfg=cfg, data=data, attackers=attackers)
     _ = setup.attack  # validate the attack against the data now
+    _check_evasion(setup)
     if cfg.privacy.mode == "dp_sgd":
         _check_dp_compatible(setup)
     return setup
+
+
+def _check_evasion(setup: Setup) -> None:
+    ev, d = setup.cfg.evasion, setup.data
+    if not ev.enabled and setup.cfg.train.adversarial == "none":
+        return
+    _ = setup.input_domain
+    for key, label in (("evasion.target_label", ev.target_label), ("evasion.positive_label", ev.positive_label)):
+        if label is not None and not 0 <= label < d.num_classes:
+            raise ConfigError(f"{key} = {label}: the data has classes 0..{d.num_classes - 1}", key=key)
+    if ev.enabled:
+        from .evasion.attacks import check_attacks
+
+        try:
+            check_attacks(ev.attacks, num_classes=d.num_classes, domain=setup.input_domain, targeted=ev.targeted)
+        except ValueError as e:
+            raise ConfigError(str(e), key="evasion.attacks") from None
 
 
 def _check_against_hospitals(cfg: Config, n: int) -> None:

@@ -28,7 +28,7 @@ from .aggregators.base import AggregationResult
 from .aggregators.pipeline import aggregate as run_rule
 from .config import ConfigError
 from .detectors import DETECTORS, DetectionContext, DetectionCounts, aggregate_with_detection
-from .evaluation import EvalCounts, merged, round_metrics, server_evaluation
+from .evaluation import EvalCounts, merged, robustness, round_metrics, server_evaluation
 from .experiment import Setup
 from .rounds import ClientEval, ClientReply, RunFailed
 from .streams import Stream
@@ -82,6 +82,8 @@ class Coordinator:
         self.last_federated: EvalCounts | None = None  # the latest merged hospital counts
         #: round -> the attack's trigger success on the clean twin (``twin.clean_twin``)
         self.twin_asr: dict[int, float | None] = {}
+        #: the latest evasion evaluation (``_evasion``), None before one ran
+        self.evasion: dict[str, Any] | None = None
         self.bytes_down = 0
         self.bytes_up = 0
         self._pending: dict[int, dict] = {}
@@ -311,6 +313,7 @@ class Coordinator:
         self.last_server = server_ev
         primary = server_ev if server_ev is not None else fed_ev
         metrics = round_metrics(self.setup, primary)
+        metrics.update(self._evasion(server_round, evals))
         asr, clean = metrics["attack_success_rate"], self.twin_asr.get(server_round)
         all_acc = [e.accuracy for e in ev.values()]
         honest_acc = [e.accuracy for p, e in ev.items() if not self.setup.is_malicious(p)]
@@ -339,6 +342,35 @@ class Coordinator:
             self.on_round(row)
         self._check_progress(rows)
         return row
+
+    def _evasion(self, server_round: int, evals: list[ClientEval]) -> dict[str, Any]:
+        """Robustness of the global model after an evasion round: the server's own test set
+        (when it holds one) and the hospitals' rows, summed (federated evaluation). Returns
+        the round's ``robust_accuracy@eps`` columns (worst case over the attacks)."""
+        if not self.setup.evasion_round(server_round):
+            return {}
+        from .evasion.report import WORST_CASE, combine_reports
+
+        per: dict[int, list[dict]] = {}
+        for e in evals:
+            rows = e.counts.robustness if e.counts is not None else None
+            if rows:
+                try:
+                    combine_reports([rows])  # malformed rows from a hospital are left out
+                except (KeyError, TypeError, ValueError):
+                    continue
+                per[e.partition_id] = rows
+        d = self.setup.data
+        server_rows = None
+        if d.x_test is not None and len(d.y_test):
+            server_rows = robustness(self.setup, self.global_model(), d.x_test, d.y_test, server_round,
+                                     self.setup.n, x_calibration=d.x_test[:200])
+        combined = combine_reports(list(per.values())) if per else []
+        self.evasion = {"round": server_round, "server": server_rows, "hospitals": per, "combined": combined}
+        primary = server_rows if server_rows is not None else combined
+        attacks = {r["attack"] for r in primary}
+        worst = WORST_CASE if WORST_CASE in attacks else next(iter(attacks), None)
+        return {f"robust_accuracy@{r['eps']:g}": r["robust_accuracy"] for r in primary if r["attack"] == worst}
 
     def _detection_columns(self) -> dict[str, Any]:
         if self.detector is None:

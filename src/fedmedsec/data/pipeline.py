@@ -49,6 +49,7 @@ class FederatedData:
     notes: tuple[str, ...] = field(default_factory=tuple)
     positive_label: int | None = None  # the class of interest for sensitivity, or None
     class_counts: np.ndarray | None = None  # training records per class, all hospitals
+    feature_names: list[str] | None = None
 
     @property
     def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +199,7 @@ def _build(cfg, root_size: int) -> FederatedData:
         root_x=transform(root_x) if root_x is not None else None,
         root_y=root_y,
         class_names=raw.class_names,
+        feature_names=raw.feature_names,
         notes=tuple(raw.notes) + tuple(notes),
         class_counts=np.bincount(y[train_rows], minlength=raw.num_classes),
         positive_label=positive_label(d.positive_class if d.positive_class is not None

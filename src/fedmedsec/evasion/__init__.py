@@ -2,29 +2,29 @@
 model (FGSM, PGD, APGD / AutoAttack), robust accuracy per hospital as summable counts,
 feature-squeezing detection, and federated adversarial training hooks."""
 
-from .adversarial import adversarial_batch, adversarial_training_hooks
-from .attacks import (
-    ATTACK_NAMES,
-    EVASION_ATTACKS,
-    apgd,
-    attack_mode,
-    check_attacks,
-    default_step_size,
-    fgsm,
-    pgd,
-    project,
-    run_attack,
-)
-from .config import DEFAULT_ADVERSARIAL_EPS, DEFAULT_EPS, AdversarialTrainingConfig, EvasionConfig
-from .detection import (
-    DetectionResult,
-    feature_squeezing_detection,
-    fit_threshold,
-    squeezers_for,
-    squeezing_scores,
-)
-from .domain import InputDomain, domain_for, resolve_immutable
-from .report import WORST_CASE, combine_reports, robustness_report
+import importlib
+
+#: public name -> submodule; imported on first use so that ``fedmedsec.config`` (which
+#: mounts EvasionConfig) does not import torch
+_WHERE = {
+    "adversarial_batch": "adversarial", "adversarial_training_hooks": "adversarial",
+    "ATTACK_NAMES": "config", "EVASION_ATTACKS": "attacks", "apgd": "attacks", "attack_mode": "attacks",
+    "check_attacks": "attacks", "default_step_size": "attacks", "fgsm": "attacks", "pgd": "attacks",
+    "project": "attacks", "run_attack": "attacks",
+    "DEFAULT_ADVERSARIAL_EPS": "config", "DEFAULT_EPS": "config", "AdversarialTrainingConfig": "config",
+    "EvasionConfig": "config",
+    "DetectionResult": "detection", "feature_squeezing_detection": "detection", "fit_threshold": "detection",
+    "squeezers_for": "detection", "squeezing_scores": "detection",
+    "InputDomain": "domain", "domain_for": "domain", "resolve_immutable": "domain",
+    "WORST_CASE": "report", "combine_reports": "report", "robustness_report": "report",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ATTACK_NAMES", "EVASION_ATTACKS", "InputDomain", "domain_for", "resolve_immutable",

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .attacks import ATTACK_NAMES
+#: the registered evasion attacks (``attacks.EVASION_ATTACKS``; a test keeps them equal), listed
+#: here so that validating a config does not import torch
+ATTACK_NAMES = ("apgd", "apgd-dlr", "autoattack", "fgsm", "pgd")
 
 __all__ = ["EvasionConfig", "AdversarialTrainingConfig", "DEFAULT_EPS", "DEFAULT_ADVERSARIAL_EPS"]
 
@@ -34,20 +36,20 @@ class EvasionConfig(BaseModel):
     feature_squeezing or none; detector_fpr its clean false-positive rate. max_records: cap
     of evaluated test records per hospital (cost)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd", "apgd"])
-    eps: list[float] = Field(default_factory=list, description="budgets; empty = evasion off")
+    eps: list[float] = Field(default_factory=list, max_length=32, description="budgets; empty = evasion off")
     norm: Literal["linf", "l2"] = "linf"
     steps: int = Field(10, ge=1, le=1000)
     targeted: bool = False
     target_label: int | None = Field(None, ge=0)
-    positive_label: int = Field(1, ge=0)
+    positive_label: int | None = Field(None, ge=0, description="default: data.positive_class")
     every: int = Field(0, ge=0, description="every k rounds; 0 = final model only")
     immutable: list[str | int] = Field(default_factory=list)
     detector: Literal["feature_squeezing", "none"] = "none"
     detector_fpr: float = Field(0.05, gt=0.0, lt=1.0)
-    max_records: int | None = Field(200, ge=1)
+    max_records: int | None = Field(200, ge=1, le=1_000_000)
 
     @field_validator("attacks")
     @classmethod
@@ -67,7 +69,7 @@ class EvasionConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _target(self) -> "EvasionConfig":
+    def _target(self) -> EvasionConfig:
         if self.targeted and self.target_label is None:
             raise ValueError("evasion.targeted = true needs evasion.target_label")
         if self.targeted and "autoattack" in self.attacks:
@@ -92,7 +94,7 @@ class AdversarialTrainingConfig(BaseModel):
     adversarial_norm: Literal["linf", "l2"] = "linf"
 
     @model_validator(mode="after")
-    def _eps_needed(self) -> "AdversarialTrainingConfig":
+    def _eps_needed(self) -> AdversarialTrainingConfig:
         if self.adversarial == "pgd" and not self.adversarial_eps > 0:
             raise ValueError("train.adversarial = 'pgd' needs train.adversarial_eps > 0")
         return self

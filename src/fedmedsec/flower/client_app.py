@@ -12,6 +12,8 @@ node play the configured attack (red-team runs), ``role = "honest"`` keeps it ho
 
 from __future__ import annotations
 
+import json
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -104,10 +106,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
-    metrics, ev = local_evaluate(setup, hospital, global_vec)
+    server_round = int(msg.content["config"]["server-round"])
+    metrics, ev = local_evaluate(setup, hospital, global_vec, server_round)
     content = {"metrics": MetricRecord(metrics), "counts-clean": MetricRecord(ev.clean.to_dict())}
     if ev.trigger is not None:
         content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
+    if ev.robustness is not None:
+        content["evasion"] = ConfigRecord({"rows": json.dumps(ev.robustness)})
     return Message(content=RecordDict(content), reply_to=msg)
 
 

@@ -10,6 +10,7 @@ now, picks up hospitals that (re)joined, and a sampled hospital that has not rep
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -116,8 +117,13 @@ def parse_evaluate_reply(pid: int, msg: Message, num_classes: int) -> ClientEval
                    if "counts-trigger" in msg.content else None)
         if clean.num_classes != num_classes or (trigger is not None and trigger.num_classes != num_classes):
             return None
+        rows = None
+        if "evasion" in msg.content:
+            rows = json.loads(str(msg.content["evasion"]["rows"]))
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                rows = None
         return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
-                          counts=EvalCounts(clean, trigger))
+                          counts=EvalCounts(clean, trigger, rows))
     except Exception:  # an error or malformed evaluation reply: no evaluation
         return None
 

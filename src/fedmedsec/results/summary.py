@@ -107,6 +107,7 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         summary["attack_success_rate_clean"] = clean
         summary["attack_success_lift"] = asr - clean if asr is not None and clean is not None else None
         summary["clean_twin"] = {"clean_accuracy": twin["clean_accuracy"], "attack_success_rate": clean}
+    summary.update(evasion_summary(co))
     summary.update(co.privacy_summary())
     from ..privacy.audit import membership_audit
 
@@ -115,3 +116,42 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
 
     summary["warnings"] = run_warnings(co, summary)
     return summary
+
+
+def evasion_summary(co) -> dict[str, Any]:
+    """summary.json keys of the last evasion evaluation (the final model): the tidy rows
+    (one per attack and eps, plus the worst case), and per eps the worst-case robust
+    accuracy overall and per hospital, the positive class's sensitivity under attack, the
+    targeted success rate and the detection rate when a detector ran."""
+    ev = co.evasion
+    if ev is None:
+        return {"evasion": None, "robust_accuracy": None, "per_hospital_robust_accuracy": {}}
+    from ..evasion.report import WORST_CASE
+
+    def worst(rows):
+        attacks = {r["attack"] for r in rows}
+        w = WORST_CASE if WORST_CASE in attacks else next(iter(attacks), None)
+        return {f"{r['eps']:g}": r for r in rows if r["attack"] == w}
+
+    primary = ev["server"] if ev["server"] is not None else ev["combined"]
+    top = worst(primary)
+    cfg = co.cfg.evasion
+
+    def light(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("confusion")} for r in rows]
+
+    return {
+        "evasion": {"round": ev["round"], "evaluated_on": "server" if ev["server"] is not None else "hospitals",
+                    "norm": cfg.norm, "steps": cfg.steps, "targeted": cfg.targeted,
+                    "target_label": cfg.target_label, "attacks": list(cfg.attacks), "rows": light(primary),
+                    "per_hospital": {str(p): light(rows) for p, rows in sorted(ev["hospitals"].items())}},
+        "robust_accuracy": {e: r["robust_accuracy"] for e, r in top.items()},
+        "clean_accuracy_evasion_rows": {e: r["clean_accuracy"] for e, r in top.items()},
+        "robust_sensitivity": {e: r["sensitivity_robust"] for e, r in top.items()},
+        "targeted_evasion_success_rate": ({e: r["targeted_success_rate"] for e, r in top.items()}
+                                          if cfg.targeted else None),
+        "evasion_detection_rate": ({e: r.get("detection_rate") for e, r in top.items()}
+                                   if cfg.detector != "none" else None),
+        "per_hospital_robust_accuracy": {str(p): {e: r["robust_accuracy"] for e, r in worst(rows).items()}
+                                         for p, rows in sorted(ev["hospitals"].items())},
+    }
