@@ -265,6 +265,8 @@ class Config(_Section):
                     d.update(self.params("partition").model_dump(mode="json"))
             else:
                 d = sec.model_dump(mode="json")
+                if name == "train" and sec.adversarial == "none":
+                    d = {k: v for k, v in d.items() if not k.startswith("adversarial_")}
             out[name] = d
         return _drop_none(out)
 
@@ -408,6 +410,10 @@ def _config_error(e: ValidationError, data: dict[str, Any], prefix: str = "") ->
         msg = msg[len("Value error, "):]
     if err["type"].endswith("_type") or err["type"] in ("model_type", "dict_type"):
         msg = f"{msg} (got {type(value).__name__})"
+    first = msg.split(" ", 1)[0]
+    if "." in first and first.split(".", 1)[0] in Config.model_fields:
+        # a section's own check that already names its key(s): print it as it is
+        return ConfigError(msg, key=first.rstrip(":,"), inapplicable="does not apply" in msg)
     return ConfigError(f"{key} = {_short(value)}: {msg[0].lower() + msg[1:]}", key=key)
 
 
