@@ -34,7 +34,7 @@ from .evasion.config import EvasionConfig
 #: keys of the named sections that are not component parameters
 COMMON_KEYS = {
     "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
-             "local_test_fraction", "positive_class"},
+             "local_test_fraction", "positive_class", "preprocess", "server_test"},
     "model": {"name"},
     "attack": {"name", "fraction", "hospitals", "start_round", "end_round", "knowledge", "schedule",
                "every", "at_round", "round_fraction"},
@@ -106,6 +106,12 @@ class DataConfig(_Named):
     min_records: int = Field(2, ge=1, le=1_000_000, description="fewest training records per hospital")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held out at the server")
     local_test_fraction: float = Field(0.25, gt=0, lt=1, description="each hospital's test")
+    preprocess: Literal["federated", "local"] = Field(
+        "federated", description="tabular imputation/standardisation from all hospitals' statistics "
+                                 "(sums, counts) or each hospital's own")
+    server_test: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="one file per hospital: a test file the coordinator holds (public data)")
     positive_class: int | str | None = Field(
         None, description="class whose sensitivity is reported (name or index; default: the "
                           "dataset's, e.g. wdbc 'malignant')")
