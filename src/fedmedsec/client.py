@@ -115,6 +115,11 @@ def local_evaluate(setup: Setup, hospital: HospitalData, global_vec: torch.Tenso
         rows = robustness(setup, model, hospital.x_test, hospital.y_test, server_round, hospital.id,
                           x_calibration=hospital.x_train[:200])
         ev = dataclasses.replace(ev, robustness=rows)
+    if server_round is not None and setup.cfg.experiment.mia and server_round == setup.cfg.experiment.rounds:
+        from .privacy.mia import hospital_audit
+
+        audit = hospital_audit(model, (hospital.x_train, hospital.y_train), (hospital.x_test, hospital.y_test))
+        ev = dataclasses.replace(ev, mia=audit)
     n = ev.clean.count
     acc = float(np.trace(ev.clean.confusion)) / n if n else float("nan")
     loss = ev.clean.loss_sum / n if n and ev.clean.nonfinite == 0 else float("nan")

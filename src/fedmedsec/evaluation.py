@@ -33,6 +33,7 @@ class EvalCounts:
     clean: ClassificationCounts
     trigger: ClassificationCounts | None = None
     robustness: list[dict] | None = None
+    mia: dict | None = None  # the hospital's membership-inference audit (final round)
 
     def to_dict(self) -> dict[str, Any]:
         return {"clean": self.clean.to_dict(), "trigger": None if self.trigger is None else self.trigger.to_dict()}

@@ -82,6 +82,8 @@ class Coordinator:
         self.last_federated: EvalCounts | None = None  # the latest merged hospital counts
         #: round -> the attack's trigger success on the clean twin (``twin.clean_twin``)
         self.twin_asr: dict[int, float | None] = {}
+        #: partition id -> the hospital's membership-inference audit of the final model
+        self.mia_audits: dict[int, dict] = {}
         #: the latest evasion evaluation (``_evasion``), None before one ran
         self.evasion: dict[str, Any] | None = None
         self.bytes_down = 0
@@ -301,6 +303,9 @@ class Coordinator:
         for e in evals:
             self.last_eval[e.partition_id] = e
         ev = {e.partition_id: e for e in evals}
+        for e in evals:
+            if e.counts is not None and e.counts.mia is not None:
+                self.mia_audits[e.partition_id] = e.counts.mia
         rows = list(self._pending.values())
         for row in rows:
             e = ev.get(row["partition_id"])

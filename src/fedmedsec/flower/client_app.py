@@ -113,6 +113,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
     if ev.robustness is not None:
         content["evasion"] = ConfigRecord({"rows": json.dumps(ev.robustness)})
+    if ev.mia is not None:
+        content["mia"] = ConfigRecord({"audit": json.dumps(ev.mia)})
     return Message(content=RecordDict(content), reply_to=msg)
 
 

@@ -122,8 +122,13 @@ def parse_evaluate_reply(pid: int, msg: Message, num_classes: int) -> ClientEval
             rows = json.loads(str(msg.content["evasion"]["rows"]))
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 rows = None
+        audit = None
+        if "mia" in msg.content:
+            audit = json.loads(str(msg.content["mia"]["audit"]))
+            if not isinstance(audit, dict):
+                audit = None
         return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
-                          counts=EvalCounts(clean, trigger, rows))
+                          counts=EvalCounts(clean, trigger, rows, audit))
     except Exception:  # an error or malformed evaluation reply: no evaluation
         return None
 

@@ -111,7 +111,10 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
     summary.update(co.privacy_summary())
     from ..privacy.audit import membership_audit
 
-    summary["membership_inference"] = membership_audit(setup, co.global_model())
+    try:
+        summary["membership_inference"] = membership_audit(setup, co.global_model(), co.mia_audits)
+    except (KeyError, TypeError, ValueError):  # a malformed audit from a hospital
+        summary["membership_inference"] = None
     from ..sanity import run_warnings
 
     summary["warnings"] = run_warnings(co, summary)
