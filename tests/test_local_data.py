@@ -124,3 +124,90 @@ def test_local_preprocessing_uses_each_hospitals_own_statistics(tmp_path):
     data = build_federated_data(cfg)
     for h in data.hospitals:  # standardised on its own training rows: mean 0, std 1
         np.testing.assert_allclose(h.x_train.mean(0), 0, atol=1e-4)
+
+
+class NodeTransport:
+    """The deployment's data protocol and rounds without the network: every hospital is a
+    separate Setup built from its own file only (``deployment.node_setup``)."""
+
+    def __init__(self, cfg, files):
+        from fedmedsec.deployment import agree_encoding, data_spec, node_schema, node_setup, node_statistics
+
+        schemas = {i: node_schema(cfg, f) for i, f in enumerate(files)}
+        encoding = agree_encoding(cfg, schemas)
+        stats = {i: node_statistics(cfg, f, encoding, i) for i, f in enumerate(files)}
+        self.spec = data_spec(cfg, encoding, stats)
+        self.nodes = {i: node_setup(cfg, self.spec, f, i) for i, f in enumerate(files)}
+        self.states = {i: {} for i in self.nodes}
+
+    def available(self, server_round):
+        return sorted(self.nodes)
+
+    def train(self, server_round, ids, vec):
+        from fedmedsec.client import local_train
+        from fedmedsec.rounds import ClientReply
+
+        out = []
+        for p in ids:
+            s = self.nodes[p]
+            v, m = local_train(s, s.data.hospitals[p], vec, server_round, self.states[p])
+            out.append(ClientReply(p, v, int(m["num-examples"]), m))
+        return out
+
+    def evaluate(self, server_round, ids, vec):
+        from fedmedsec.client import local_evaluate
+        from fedmedsec.rounds import ClientEval
+
+        out = []
+        for p in ids:
+            s = self.nodes[p]
+            m, ev = local_evaluate(s, s.data.hospitals[p], vec, server_round)
+            out.append(ClientEval(p, m["loss"], m["accuracy"], int(m["num-examples"]), counts=ev))
+        return out
+
+
+def _rows_no_time(path):
+    with open(path / "rounds.csv", newline="") as fh:
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in csv.DictReader(fh)]
+
+
+def test_hospital_local_nodes_give_the_simulations_numbers(heart_sites, tmp_path):
+    """The same files as one-file-per-hospital simulation and as separate nodes whose
+    server never opens a data file (its data.path does not exist): the same numbers."""
+    from fedmedsec.deployment import server_setup
+
+    for f in heart_sites.iterdir():
+        pd.read_csv(f, dtype=str).drop(columns=["site"], errors="ignore").to_csv(f, index=False)
+    files = sorted(heart_sites.iterdir())
+    common = FAST + HEART + ["data.num_hospitals=4", "attack.name=sign_flip", "attack.hospitals=[2]",
+                             "defense.name=median", "experiment.mia=true"]
+    sim = run_experiment(load_config(raw={}, overrides=common + [f'data.path="{heart_sites}"']), tmp_path / "sim")
+    server_cfg = load_config(raw={}, overrides=common + [f'data.path="{tmp_path / "nowhere"}"'])
+    nodes = NodeTransport(server_cfg, files)
+    dep = run_experiment(server_cfg, tmp_path / "dep",
+                         connect=lambda cfg: (server_setup(cfg, nodes.spec), nodes))
+    assert not (tmp_path / "nowhere").exists()
+    assert dep["per_hospital_accuracy"] == sim["per_hospital_accuracy"]
+    assert dep["clean_accuracy"] == sim["clean_accuracy"]
+    assert dep["membership_inference"]["auc"] == sim["membership_inference"]["auc"]
+    assert _rows_no_time(tmp_path / "dep") == _rows_no_time(tmp_path / "sim")
+
+
+def test_partial_knowledge_alie_on_nodes_crafts_from_its_own_update(heart_sites, tmp_path):
+    from fedmedsec.config import ConfigError
+    from fedmedsec.deployment import server_setup
+
+    for f in heart_sites.iterdir():
+        pd.read_csv(f, dtype=str).drop(columns=["site"], errors="ignore").to_csv(f, index=False)
+    base = FAST + HEART + ["data.num_hospitals=4", "attack.name=alie", "attack.hospitals=[1]",
+                           "defense.name=median"]
+    cfg = load_config(raw={}, overrides=base + ["attack.knowledge=partial", f'data.path="{tmp_path}/x"'])
+    nodes = NodeTransport(cfg, sorted(heart_sites.iterdir()))
+    s = run_experiment(cfg, tmp_path / "dep", connect=lambda c: (server_setup(c, nodes.spec), nodes))
+    assert s["threat_model"]["knowledge"].startswith("own benign")
+    assert nodes.nodes[1].collude_locally
+    full = load_config(raw={}, overrides=base + [f'data.path="{tmp_path}/x"'])
+    from fedmedsec.flower.transport import _refuse_full_knowledge
+
+    with pytest.raises(ConfigError, match="attack.knowledge = 'full'"):
+        _refuse_full_knowledge(server_setup(full, nodes.spec), ConfigError)

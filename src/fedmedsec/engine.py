@@ -32,12 +32,19 @@ def run_experiment(
     cfg: Config, out_dir: str | Path, *, verbose: bool = False,
     on_round: Callable[[dict], None] | None = None, transport: TransportFactory | None = None,
     on_twin_start: Callable[[], None] | None = None,
+    connect: Callable[[Config], tuple[Setup, Transport]] | None = None,
 ) -> dict:
     """Run ``cfg``, write the run directory ``out_dir``, return the summary. A targeted
-    attack first trains its clean twin in-process (``twin.py``; ``on_twin_start`` is told)."""
+    attack first trains its clean twin in-process (``twin.py``; ``on_twin_start`` is told).
+    ``connect`` (a deployment): builds the server's Setup and the transport together, e.g.
+    from the hospitals' answers to the data protocol, so the server opens no data file."""
     t0 = time.perf_counter()
     set_torch_threads()
-    setup = build_setup(cfg)  # ConfigError / DataError on a bad setup, before any file
+    given = None
+    if connect is not None:
+        setup, given = connect(cfg)
+    else:
+        setup = build_setup(cfg)  # ConfigError / DataError on a bad setup, before any file
     run = RunDir(out_dir)
     run.write_config(cfg.to_toml())
 
@@ -53,7 +60,9 @@ def run_experiment(
             on_twin_start()
         twin = clean_twin(setup)
         co.twin_asr = twin["asr"]
-    if transport is not None:
+    if given is not None:
+        run_rounds(co, given)
+    elif transport is not None:
         run_rounds(co, transport(setup))
     elif cfg.experiment.mode == "centralized":
         from .transports import CentralizedTransport

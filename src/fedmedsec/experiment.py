@@ -136,7 +136,12 @@ class Setup:
 
 def build_setup(cfg: Config) -> Setup:
     """The data, model and attackers of ``cfg``, with every check that needs the data."""
-    data = build_federated_data(cfg)
+    return setup_from_data(cfg, build_federated_data(cfg))
+
+
+def setup_from_data(cfg: Config, data: FederatedData, collude_locally: bool = False) -> Setup:
+    """The Setup of ``cfg`` over ``data`` (built here, or a deployment's hospital-local or
+    data-free view of the federation, ``deployment.py``)."""
     n = len(data.hospitals)
     model_entry = MODELS.get(cfg.model.name)
     allowed = model_entry.meta.get("modalities")
@@ -146,6 +151,11 @@ def build_setup(cfg: Config) -> Setup:
             f"data.name = {cfg.data.name!r} is {data.modality}", key="model.name"
         )
     _check_against_hospitals(cfg, n)
+    from .aggregators import AGGREGATORS
+
+    if AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference") and data.root_x is None:
+        raise ConfigError(f"defense.name = {cfg.defense.name!r} needs a clean root set at the server: give "
+                          "data.server_test (the hospitals hold the training data)", key="defense.name")
     a = cfg.attack
     attackers: tuple[int, ...] = ()
     if a.name != "none":
@@ -153,7 +163,7 @@ def build_setup(cfg: Config) -> Setup:
             attackers = tuple(choose_attackers(n, a.fraction, a.hospitals, cfg.experiment.seed))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    setup = Setup(cfg=cfg, data=data, attackers=attackers)
+    setup = Setup(cfg=cfg, data=data, attackers=attackers, collude_locally=collude_locally)
     _ = setup.attack  # validate the attack against the data now
     _check_evasion(setup)
     if cfg.privacy.mode == "dp_sgd":

@@ -103,13 +103,30 @@ _CACHE: dict[str, FederatedData] = {}
 DEFAULT_HOSPITALS = 10
 
 
-def build_federated_data(cfg) -> FederatedData:
-    """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
-    across rounds) by the data section, the seed and the FLTrust root-set size."""
+def root_set_size(cfg) -> int:
+    """The server's clean root set size when the rule needs one (FLTrust), else 0."""
     from ..aggregators import AGGREGATORS
 
     needs_root = AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference", False)
-    root = cfg.defense.root_size if needs_root else 0
+    return cfg.defense.root_size if needs_root else 0
+
+
+def carve_root(cfg, x_test: np.ndarray, y_test: np.ndarray, root_size: int):
+    """(root_x, root_y, x_test, y_test): the root set drawn from the server's own test
+    file (hospital-local data: the coordinator's only records), the rest stays its test."""
+    if len(y_test) <= root_size:
+        raise DataError(f"defense.root_size = {root_size}: the server's root set comes from "
+                        f"data.server_test, which has {len(y_test)} records (give data.server_test "
+                        "when the hospitals hold the data)")
+    perm = rng(cfg.experiment.seed, Stream.DATA_SPLIT).permutation(len(y_test))
+    keep = np.sort(perm[root_size:])
+    return x_test[perm[:root_size]], y_test[perm[:root_size]], x_test[keep], y_test[keep]
+
+
+def build_federated_data(cfg) -> FederatedData:
+    """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
+    across rounds) by the data section, the seed and the FLTrust root-set size."""
+    root = root_set_size(cfg)
     key = _config_key(cfg.to_dict()["data"], cfg.experiment.seed, root)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
@@ -216,13 +233,7 @@ def _build_per_hospital(cfg, files: list[Path], root_size: int) -> FederatedData
         ys = [raw_t.y] + ([raw_t.y_test] if raw_t.y_test is not None else [])
         x_test, y_test = combined.apply(np.concatenate(xs))[0], np.concatenate(ys).astype(np.int64)
     if root_size:
-        if len(y_test) <= root_size:
-            raise DataError(f"defense.root_size = {root_size}: the server's root set comes from "
-                            f"data.server_test, which has {len(y_test)} records")
-        perm = rng(cfg.experiment.seed, Stream.DATA_SPLIT).permutation(len(y_test))
-        root_x, root_y = x_test[perm[:root_size]], y_test[perm[:root_size]]
-        keep = np.sort(perm[root_size:])
-        x_test, y_test = x_test[keep], y_test[keep]
+        root_x, root_y, x_test, y_test = carve_root(cfg, x_test, y_test, root_size)
     counts = sum(np.bincount(h.y_train, minlength=first.num_classes) for h in opened)
     return FederatedData(
         hospitals=hospitals, x_test=x_test, y_test=y_test, num_classes=first.num_classes,

@@ -20,6 +20,9 @@ from flwr.clientapp import ClientApp
 
 from .. import privacy as _privacy  # noqa: F401  (imports Opacus with loggers protected)
 from ..client import local_evaluate, local_train
+from ..data.base import DataError
+from ..data.partition import PartitionError
+from ..deployment import node_setup
 from ..experiment import setup_from_toml
 from ..training import set_torch_threads
 from .records import record_to_vector, to_record
@@ -52,12 +55,33 @@ def _with_data_path(cfg_text: str, data_path: str) -> str:
 
 def _node(msg: Message, context: Context):
     cfg_text = str(msg.content["config"]["fedmedsec-config"])
+    pid = int(context.node_config["partition-id"])
     data_path = context.node_config.get("data-path")
+    if "fedmedsec-data" in msg.content["config"]:
+        # hospital-local data: this node's own file, encoded and preprocessed as agreed
+        setup = node_setup(_config(cfg_text), json.loads(str(msg.content["config"]["fedmedsec-data"])),
+                           _own_file(context), pid)
+        return setup, setup.data.hospitals[pid], pid
     if data_path:
         cfg_text = _with_data_path(cfg_text, str(data_path))
     setup = setup_from_toml(cfg_text)
-    pid = int(context.node_config["partition-id"])
     return setup, setup.data.hospitals[pid], pid
+
+
+def _config(text: str):
+    import tomllib
+
+    from ..config import config_from_dict
+
+    return config_from_dict(tomllib.loads(text))
+
+
+def _own_file(context: Context) -> str:
+    path = context.node_config.get("data-path")
+    if not path:
+        raise DataError("this hospital's node has no data-path in its node config: it opens only its "
+                        "own file, named there")
+    return str(path)
 
 
 def _role(context: Context) -> bool | None:
@@ -120,7 +144,29 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Who are you: the partition id, so the server can key everything by it."""
+    """Who are you (the partition id, so the server can key everything by it), or one step
+    of the hospital-local data protocol (``deployment.py``): this node's schema, or the
+    statistics of its training rows under the agreed encoding. Only schemas and statistics
+    leave; a mistake in the node's file comes back as one line."""
     pid = int(context.node_config.get("partition-id", -1))
-    return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": float(pid)})}),
-                   reply_to=msg)
+    cfg_rec = msg.content["config"] if "config" in msg.content else {}
+    stage = cfg_rec.get("fedmedsec-stage") if cfg_rec else None
+    if stage is None:
+        return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": float(pid)})}),
+                       reply_to=msg)
+    from ..config import ConfigError
+    from ..deployment import node_schema, node_statistics
+
+    try:
+        cfg = _config(str(cfg_rec["fedmedsec-config"]))
+        payload = json.loads(str(cfg_rec.get("payload", "{}")))
+        if stage == "schema":
+            result = node_schema(cfg, _own_file(context))
+        elif stage == "stats":
+            result = node_statistics(cfg, _own_file(context), payload["encoding"], pid)
+        else:
+            raise DataError(f"unknown data-protocol stage {str(stage)[:40]!r}")
+        reply = ConfigRecord({"result": json.dumps(result)})
+    except (DataError, ConfigError, PartitionError) as e:
+        reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
+    return Message(content=RecordDict({"config": reply}), reply_to=msg)
