@@ -89,12 +89,19 @@ def print_warnings(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .engine import run_experiment
 
     cfg = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else _default_out(cfg)
-    refuse_complete_run(out, args.overwrite)
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ConfigError("--resume RUN_DIR continues that run directory: leave --out out")
+        out = Path(args.resume)
+        if (out / "summary.json").is_file():
+            raise ConfigError(f"--resume {str(out)[:200]!r}: that run is complete (summary.json exists)")
+    else:
+        out = Path(args.out) if args.out else _default_out(cfg)
+        refuse_complete_run(out, args.overwrite)
     rounds = cfg.experiment.rounds
     console.print(
         f"[bold]FedMedSec[/bold] {cfg.experiment.name}: {cfg.data.num_hospitals} hospitals on "
@@ -119,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print("  clean twin: training the same federation without the attack (in-process), "
                           "so attack success can be read beside the trigger's own rate")
 
-    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start)
+    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start,
+                             resume=bool(args.resume))
     print_summary(summary, out)
     return 0
 
@@ -166,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     r.add_argument("--quiet", action="store_true", help="no per-round lines")
     r.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed round")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("sweep", help="run a grid of experiments")
     s.add_argument("grid", help="grid TOML file")

@@ -84,6 +84,9 @@ class ExperimentConfig(_Section):
     mia: bool = Field(True, description="membership inference on the final model")
     mia_lira_shadows: int = Field(
         0, ge=0, le=256, description="also run offline LiRA with this many shadow models (0: off)")
+    init_model: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="start from a saved global model (a run's final_model.pt), e.g. to attack after convergence")
     clean_twin: bool = Field(
         True, description="targeted attacks: also train the same config without the attack and "
                           "report the trigger's success on it (attack_success_rate_clean)")

@@ -91,6 +91,12 @@ class Coordinator:
         self._pending: dict[int, dict] = {}
         self._sampled: set[int] = set()
         self._t0 = time.perf_counter()
+        self.resume_offset = 0.0  # elapsed seconds of the rounds before a resume
+        self.twin: dict | None = None  # the clean twin's results (``twin.clean_twin``)
+        if setup.cfg.experiment.init_model:
+            from .checkpoint import load_model_vector
+
+            self.global_vec = load_model_vector(setup.cfg.experiment.init_model, setup.new_model())
         if not self.centralized:
             check_requirement(setup, self.clients_per_round)
 
@@ -338,7 +344,7 @@ class Coordinator:
             "epsilon": max(self.epsilons.values()) if self.epsilons else float("nan"),
             **self._detection_columns(),
             "round_seconds": now - started,
-            "elapsed_seconds": now - self._t0,
+            "elapsed_seconds": now - self._t0 + self.resume_offset,
         }
         row = {k: (float("nan") if v is None else v) for k, v in row.items()}
         self.rounds.append(row)

@@ -34,6 +34,13 @@ class InProcessTransport:
     def available(self, server_round: int) -> list[int]:
         return sorted(self.states)
 
+    def hospital_states(self) -> dict[int, dict[str, Any]]:
+        """What each hospital keeps across rounds (for checkpoints)."""
+        return self.states
+
+    def restore_states(self, states: dict[int, dict[str, Any]]) -> None:
+        self.states = {int(k): dict(v) for k, v in states.items()}
+
     def train(self, server_round: int, partition_ids: list[int],
               global_vec: torch.Tensor) -> list[ClientReply]:
         replies = []
