@@ -93,3 +93,25 @@ def test_the_final_model_is_saved_and_starts_a_new_run(tmp_path):
                                          f'experiment.init_model="{tmp_path / "nope.pt"}"'])
     with pytest.raises(ConfigError, match="experiment.init_model"):
         run_experiment(bad, tmp_path / "c")
+
+
+def test_a_sweep_resumes_killed_runs_and_survives_a_corrupt_summary(tmp_path):
+    from rich.console import Console
+
+    from fedmedsec.results.sweep import run_sweep
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'base = "{ROOT / "configs" / "quickstart.toml"}"\n[grid]\n"experiment.seed" = [0, 1]\n'
+                    '[fixed]\n"simulation.backend" = "inprocess"\n"experiment.rounds" = 3\n"experiment.mia" = false\n')
+    out = tmp_path / "sweep"
+    pts = run_sweep(grid, out, console=Console(file=open(os.devnull, "w")))
+    ref = {p.name: json.loads((out / p.name / "summary.json").read_text()) for p in pts}
+    first, second = (out / p.name for p in pts)
+    (first / "summary.json").write_text('{"clean_accuracy": 0.9')  # truncated
+    (second / "summary.json").unlink()  # killed after its last checkpoint
+    pts2 = run_sweep(grid, out, console=Console(file=open(os.devnull, "w")))
+    assert [p.status for p in pts2] == ["done", "done"]
+    for p in pts2:
+        s = json.loads((out / p.name / "summary.json").read_text())
+        assert s["clean_accuracy"] == ref[p.name]["clean_accuracy"]
+    assert json.loads((second / "summary.json").read_text())["resumed_at_round"] == 4  # nothing left to train
