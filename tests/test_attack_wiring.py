@@ -83,3 +83,18 @@ def test_dba_attackers_stamp_different_parts_in_a_run():
         xp, _ = s.attack.poison_data(x, y, np.random.default_rng(0), ctx)
         parts.append(frozenset(np.flatnonzero((xp != 0).any(0).reshape(-1)).tolist()))
     assert len(set(parts)) == len(parts) and all(parts)
+
+
+def test_backdoor_lifespan_after_the_attack_window(tmp_path):
+    s = run_experiment(load_config(raw={}, overrides=[
+        "simulation.backend=inprocess", "experiment.mia=false", "experiment.rounds=8",
+        "attack.name=backdoor", "attack.fraction=0.3", "attack.end_round=3"]), tmp_path)
+    life = s["backdoor_lifespan"]
+    assert life["last_attack_round"] == 3 and life["rounds_after"] == 5 and life["measure"] == "attack_success_lift"
+    assert life["censored"] == (life["rounds_to_fade"] is None)
+    with open(tmp_path / "rounds.csv", newline="") as fh:
+        lifts = [float(r["attack_success_lift"]) for r in csv.DictReader(fh)][3:]
+    assert life["curve"] == pytest.approx(lifts, abs=1e-5) and life["mean_after"] == pytest.approx(sum(lifts) / 5, abs=1e-5)
+    if life["rounds_to_fade"] is not None:
+        k = life["rounds_to_fade"]
+        assert lifts[k - 1] < 0.1 and all(v >= 0.1 for v in lifts[: k - 1])

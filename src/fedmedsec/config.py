@@ -87,6 +87,9 @@ class ExperimentConfig(_Section):
     init_model: str | None = Field(
         None, min_length=1, max_length=4096,
         description="start from a saved global model (a run's final_model.pt), e.g. to attack after convergence")
+    lifespan_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="a backdoor is gone once its success lift over the clean twin "
+                                          "falls below this (backdoor_lifespan)")
     clean_twin: bool = Field(
         True, description="targeted attacks: also train the same config without the attack and "
                           "report the trigger's success on it (attack_success_rate_clean)")

@@ -107,6 +107,7 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         summary["attack_success_rate_clean"] = clean
         summary["attack_success_lift"] = asr - clean if asr is not None and clean is not None else None
         summary["clean_twin"] = {"clean_accuracy": twin["clean_accuracy"], "attack_success_rate": clean}
+    summary["backdoor_lifespan"] = backdoor_lifespan(co, summary["attack_rounds"])
     summary.update(evasion_summary(co))
     summary.update(co.privacy_summary())
     from ..privacy.audit import membership_audit
@@ -158,3 +159,25 @@ def evasion_summary(co) -> dict[str, Any]:
         "per_hospital_robust_accuracy": {str(p): {e: r["robust_accuracy"] for e, r in worst(rows).items()}
                                          for p, rows in sorted(ev["hospitals"].items())},
     }
+
+
+def backdoor_lifespan(co, attack_rounds: list[int]) -> dict[str, Any] | None:
+    """How long a backdoor outlives its attackers (BackFed / FLPoison's durability):
+    after the last round the attackers acted, the rounds until the attack's success lift
+    over the clean twin (its success itself without a twin) first falls below
+    ``experiment.lifespan_threshold``, and the mean lift over those rounds (the area under
+    the curve per round). ``rounds_to_fade`` is None (``censored``) when it never fell
+    below within the run. None without a targeted attack or rounds after the window."""
+    if co.setup.attack is None or co.setup.attack.target_label is None or not attack_rounds:
+        return None
+    last = max(attack_rounds)
+    after = [r for r in co.rounds if r["round"] > last]
+    key = "attack_success_lift" if co.twin_asr else "attack_success_rate"
+    curve = [r[key] for r in after if r[key] == r[key]]  # NaN-free
+    if not curve:
+        return None
+    th = co.cfg.experiment.lifespan_threshold
+    fade = next((i + 1 for i, v in enumerate(curve) if v < th), None)
+    return {"measure": key, "threshold": th, "last_attack_round": last, "rounds_after": len(curve),
+            "rounds_to_fade": fade, "censored": fade is None, "mean_after": float(np.mean(curve)),
+            "area_after": float(np.sum(curve)), "curve": curve}
