@@ -224,13 +224,28 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
 
 
 def dists_to(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Tensor[n] float64: ||x_i - v|| for v: Tensor[d], differences and squares in float64."""
+    """Tensor[n] float64: ||x_i - v|| for v: Tensor[d] (one pass; never an n x d temporary).
+
+    Fast path in the input dtype, column chunk by chunk (chunk norms accumulated in float64);
+    rows whose distance may have overflowed or underflowed there (outside [NORM_LO, NORM_HI],
+    or non-finite, as in ``row_norms``) are recomputed in float64 with scaling."""
     n, d = updates.shape
+    v = v.to(updates.dtype)
     sq = torch.zeros(n, dtype=torch.float64)
-    for sl in column_slices(n, d):
-        c = updates[:, sl].double() - v[sl].double()
-        sq += (c * c).sum(1)
-    return sq.sqrt()
+    for sl in column_slices(n, d, 1 << 21):
+        sq += torch.linalg.vector_norm(updates[:, sl] - v[sl], dim=1).double() ** 2
+    dist = sq.sqrt()
+    if updates.dtype == torch.float64:
+        bad = ~torch.isfinite(dist)
+    else:
+        bad = ~torch.isfinite(dist) | (dist > NORM_HI) | (dist < NORM_LO)
+    if bool(bad.any()):
+        v64 = v.double()
+        for i in torch.nonzero(bad).flatten().tolist():
+            z = updates[i].double() - v64
+            scale = float(z.abs().max())
+            dist[i] = 0.0 if scale == 0.0 else scale * float(torch.linalg.vector_norm(z / scale))
+    return dist
 
 
 def dots_with(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

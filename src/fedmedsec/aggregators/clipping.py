@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from ..registry import Params
-from ._common import client_weights, column_slices, combine, generator, guarded, row_norms
+from ._common import client_weights, combine, dists_to, generator, guarded, row_norms
 from .base import AGGREGATORS, AggregationContext, AggregationResult, honest_majority
 
 
@@ -23,29 +23,6 @@ class CenteredClippingParams(Params):
     iters: int = Field(default=1, ge=1)
 
 
-def _sq_dists_and_combine(
-    X: torch.Tensor, v_coef: torch.Tensor | None, v0: torch.Tensor, v_const: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over X: v = v_coef^T X + v_const v0 (Tensor[d], X's dtype; v0 alone when v_coef
-    is None) and the float64 squared distances ||x_i - v||^2, per column chunk (the n x d
-    differences are never materialised; squares in float64, so no float32 overflow)."""
-    n, d = X.shape
-    v = torch.empty(d, dtype=X.dtype)
-    sq = torch.zeros(n, dtype=torch.float64)
-    big = torch.finfo(X.dtype).max
-    for sl in column_slices(n, d, 1 << 18):
-        c = X[:, sl]
-        if v_coef is None:
-            vs = v0[sl].to(X.dtype)
-        else:
-            vs64 = v_coef @ c.double() + v_const * v0[sl].double()
-            vs = vs64.clamp(-big, big).to(X.dtype)
-        v[sl] = vs
-        z = c.double() - vs.double()
-        sq += (z * z).sum(1)
-    return sq, v
-
-
 def centered_clipping_coefficients(
     X: torch.Tensor, v0: torch.Tensor, w: torch.Tensor, tau: float | None, iters: int
 ) -> torch.Tensor:
@@ -54,21 +31,31 @@ def centered_clipping_coefficients(
     v_{l+1} = v_l + sum_i w_i clip(x_i - v_l, tau), clip(z, tau) = z min(1, tau/||z||).
     Each v_l is a combination c^T [X; v_0] with c >= 0 summing to 1; with s_i = w_i
     min(1, tau/||x_i - v_l||): c <- (1 - sum_i s_i) c + [s; 0]. The distances ||x_i - v_l|| are
-    computed directly from X and v_l, one pass over X per iteration (O(n d L)). Returns
-    c: Tensor[n + 1] float64 (the last entry is v_0's coefficient).
+    computed directly from X and v_l (``dists_to``: one pass, no n x d differences), and v_l is
+    formed once per iteration after the first (O(n d L) in all). Returns c: Tensor[n + 1]
+    float64 (the last entry is v_0's coefficient).
     """
     n = w.numel()
     c = torch.zeros(n + 1, dtype=torch.float64)
     c[n] = 1.0
     for it in range(iters):
-        coef = None if it == 0 else c[:n]
-        sq, _ = _sq_dists_and_combine(X, coef, v0, float(c[n]))
-        dist = sq.sqrt()
+        v = v0 if it == 0 else combine_with(c, X, v0)
+        dist = dists_to(X, v)
         t = float(dist.median()) if tau is None else tau
         s = w * torch.where(dist > t, t / dist.clamp(min=1e-300), torch.ones_like(dist))
         c = c * (1.0 - s.sum())
         c[:n] += s
     return c
+
+
+def combine_with(c: torch.Tensor, updates: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+    """c[:n]^T X + c[n] v0 in X's dtype, without stacking v0 under X (no n x d copy)."""
+    n = updates.shape[0]
+    agg = combine(c[:n], updates)
+    if float(c[n]) != 0.0:
+        big = torch.finfo(updates.dtype).max
+        agg = (agg.double() + float(c[n]) * v0.double()).clamp(-big, big).to(updates.dtype)
+    return agg
 
 
 @AGGREGATORS.register(
@@ -94,22 +81,10 @@ def make_centered_clipping(params: CenteredClippingParams):
             raise ValueError(f"ctx.previous has shape {tuple(v0.shape)}, expected ({d},)")
         w = client_weights(ctx, n)
         c = centered_clipping_coefficients(updates, v0, w, params.tau, params.iters)
-        agg = _combine_with(c, updates, v0)
+        agg = combine_with(c, updates, v0)
         return AggregationResult(agg, c[:n].to(updates.dtype))
 
     return centered_clipping
-
-
-def _combine_with(c: torch.Tensor, updates: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
-    """c[:n]^T X + c[n] v0 without stacking v0 under X (no n x d copy)."""
-    n = updates.shape[0]
-    agg = combine(c[:n], updates)
-    if float(c[n]) != 0.0:
-        extra = float(c[n]) * v0.double()
-        out = agg.double() + extra
-        big = torch.finfo(updates.dtype).max
-        agg = out.clamp(-big, big).to(updates.dtype)
-    return agg
 
 
 class NormBoundingParams(Params):

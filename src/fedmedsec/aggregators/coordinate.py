@@ -5,12 +5,14 @@ Both treat every coordinate independently and keep no client as a whole, so they
 unweighted, as in the paper.
 
 Speed: selecting along the client axis of a row-major [n, d] stack is a strided walk (numpy's
-``median(axis=0)`` and ``torch.median(dim=0)`` take ~1 s at n = 100, d = 1e6). Here each column
-chunk is transposed into a contiguous [w, n] block that fits in cache and partitioned along
-its rows with numpy's introselect (``np.partition``, O(n) per coordinate), on
-``torch.get_num_threads()`` threads (numpy releases the GIL). Results are bit-identical to
-the definitions: kth values are selected, not computed; the mean of the two middle values (even
-n) and the trimmed mean's sum are formed in float64 and rounded once to the input dtype.
+``median(axis=0)`` and ``torch.median(dim=0)`` take 1-2 s at n = 100, d = 1e6). Here each column
+chunk is copied, transposed, into a contiguous [w, n] block that fits in cache and sorted
+along its rows in place (``ndarray.sort``: numpy's SIMD sort of short contiguous rows beats
+its introselect with two kth values, and matches it with one), on ``torch.get_num_threads()``
+threads (numpy releases the GIL). Results are identical to the definitions: order statistics
+are selected, not computed; the mean of the two middle values (even n) and the trimmed mean's
+sum are formed in float64 and rounded once to the input dtype (no overflow near the float32
+maximum).
 """
 
 from __future__ import annotations
@@ -43,11 +45,6 @@ def _blockwise(X: np.ndarray, fn) -> np.ndarray:
     return out
 
 
-def _round(x64: np.ndarray, dtype) -> np.ndarray:
-    """float64 -> dtype, rounded once (values are means of finite values of dtype: in range)."""
-    return x64.astype(dtype)
-
-
 def coordinate_median(updates: torch.Tensor) -> torch.Tensor:
     """updates: Tensor[n, d] -> Tensor[d], per coordinate the median of the n values
     (the mean of the two middle values when n is even, formed in float64: no overflow)."""
@@ -56,14 +53,13 @@ def coordinate_median(updates: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return updates[0].clone()
     k = (n - 1) // 2
-    if n % 2:
-        def fn(B: np.ndarray) -> np.ndarray:
-            B.partition(k, axis=1)
+
+    def fn(B: np.ndarray) -> np.ndarray:
+        B.sort(axis=1)
+        if n % 2:
             return B[:, k]
-    else:
-        def fn(B: np.ndarray) -> np.ndarray:
-            B.partition((k, k + 1), axis=1)
-            return _round((B[:, k].astype(np.float64) + B[:, k + 1]) * 0.5, B.dtype)
+        return ((B[:, k].astype(np.float64) + B[:, k + 1]) * 0.5).astype(B.dtype)
+
     return torch.from_numpy(_blockwise(X, fn)).to(updates.dtype)
 
 
@@ -79,8 +75,8 @@ def coordinate_trimmed_mean(updates: torch.Tensor, b: int) -> torch.Tensor:
 
     def fn(B: np.ndarray) -> np.ndarray:
         if b > 0:
-            B.partition((b, n - b - 1), axis=1)
-        return _round(B[:, b:n - b].sum(axis=1, dtype=np.float64) / m, B.dtype)
+            B.sort(axis=1)
+        return (B[:, b:n - b].sum(axis=1, dtype=np.float64) / m).astype(B.dtype)
 
     return torch.from_numpy(_blockwise(X, fn)).to(updates.dtype)
 

@@ -36,9 +36,10 @@ def weiszfeld_coefficients(
     RFA's reference code stops on the objective's relative decrease, which ends early when one
     far row dominates the objective (a row at 1e9 makes every honest-scale improvement a
     relative change below 1e-6); the iterate's step measured against the rows' median distance
-    does not depend on the outliers. Returns the coefficients of the iterate with the smallest
-    objective sum_i alpha_i ||v - x_i|| (the later one on ties; so never worse than the
-    weighted mean) and the number of iterations run.
+    does not depend on the outliers. Returns the coefficients of the last iterate (each
+    smoothed Weiszfeld step decreases the smoothed objective, so it is never worse than the
+    weighted mean; keeping the "best" objective instead would stall at float64 resolution when
+    a far row dominates the objective) and the number of iterations run.
     """
     g = G.diagonal()
 
@@ -47,7 +48,6 @@ def weiszfeld_coefficients(
 
     a = alpha.clone()
     dist = dists(a)
-    best_a, best_obj = a, float(alpha @ dist)
     it = 0
     for it in range(1, max_iter + 1):
         beta = alpha / dist.clamp(min=nu)
@@ -56,12 +56,9 @@ def weiszfeld_coefficients(
         moved = float((step @ G @ step).clamp(min=0.0).sqrt())
         a = new
         dist = dists(a)
-        obj = float(alpha @ dist)
-        if obj <= best_obj:
-            best_a, best_obj = a, obj
         if moved <= tol * float(dist.median()):
             break
-    return best_a, it
+    return a, it
 
 
 @AGGREGATORS.register(
