@@ -93,8 +93,8 @@ def flower_anchors(X, f: int, n: int) -> dict:
     Xn = X.numpy()
 
     def setup():
-        return [RecordDict({"arrays": ArrayRecord([x]), "metrics": MetricRecord({"num-examples": 1})})
-                for x in Xn]
+        return [RecordDict({"arrays": ArrayRecord([x]),
+                            "metrics": MetricRecord({"num-examples": 1})}) for x in Xn]
 
     def layers(contents):
         return np.stack([c["arrays"]["0"].numpy() for c in contents])
@@ -111,7 +111,8 @@ def flower_anchors(X, f: int, n: int) -> dict:
         "fedavg": (setup, lambda c: aggregate_arrayrecords(c, "num-examples")),
         "median": (setup, lambda c: np.median(layers(c), axis=0)),
         "trimmed_mean": (setup, lambda c: trim_mean(layers(c), f / n)),
-        "krum": (setup, lambda c: aggregate_arrayrecords(select_multikrum(c, f, 1), "num-examples")),
+        "krum": (setup, lambda c: aggregate_arrayrecords(select_multikrum(c, f, 1),
+                                                         "num-examples")),
         "multi_krum": (setup, lambda c: aggregate_arrayrecords(select_multikrum(c, f, n - f),
                                                                "num-examples")),
         "bulyan": (setup, bulyan),
@@ -141,6 +142,10 @@ def byzfl_anchors(X, f: int, n: int, tau: float, max_norm: float) -> dict:
     if n * X.shape[1] > 1 << 24:  # torch.quantile (ByzFL's torch median) refuses > 2^24 values
         out["median"] = out["median"][1:]
     return out
+
+
+def cell(t: float | None) -> str:
+    return f"{t:>10.3f}" if t is not None else f"{'-':>10}"
 
 
 def best_of(fn, repeat: int, budget: float, setup=None) -> float:
@@ -216,7 +221,7 @@ def main(argv=None) -> None:
                     entry = AGGREGATORS.get(name)
                 obj = entry.obj(entry.params())
 
-                def ours():
+                def ours(obj=obj, X=X, f=f, n=n, ref=ref):
                     ctx = AggregationContext(
                         f=f, reference=ref, generator=torch.Generator().manual_seed(0),
                         client_ids=tuple(range(n)), state={},
@@ -232,7 +237,6 @@ def main(argv=None) -> None:
                     t_fl = best_of(fn, args.repeat, args.budget, setup)
                 anchors = [t for t in (t_bz, t_fl) if t is not None]
                 ratio = f"{t_ours / min(anchors):.2f}" if anchors else "-"
-                cell = lambda t: f"{t:>10.3f}" if t is not None else f"{'-':>10}"  # noqa: E731
                 print(f"{name:<20}{n:>5}{d:>9}{t_ours:>10.3f}{cell(t_bz)}{cell(t_fl)}{ratio:>8}",
                       flush=True)
             del X, fl, bz

@@ -14,11 +14,16 @@ import pytest
 import torch
 
 from fedmedsec.aggregators import (
-    AGGREGATORS, CAPABILITIES, PRE_AGGREGATORS, AggregationContext, PreconditionError, aggregate,
+    AGGREGATORS,
+    CAPABILITIES,
+    PRE_AGGREGATORS,
+    AggregationContext,
+    PreconditionError,
+    aggregate,
     precondition_problem,
 )
-from fedmedsec.aggregators.krum import krum_scores
 from fedmedsec.aggregators._common import pairwise_sq_dists
+from fedmedsec.aggregators.krum import krum_scores
 
 
 def rule(name, **params):
@@ -472,7 +477,8 @@ def test_krum_strictly_smaller_score_wins_over_a_relative_tolerance():
 # ---------------------------------------------------------------- reviewer bugs e, f: preconditions
 def test_precondition_error_after_bucketing():
     pre = PRE_AGGREGATORS.get("bucketing")
-    with pytest.raises(PreconditionError, match=r"^krum needs n > 2f \+ 2, got n=5, f=2 \(10 updates -> 5 rows"):
+    msg = r"^krum needs n > 2f \+ 2, got n=5, f=2 \(10 updates -> 5 rows"
+    with pytest.raises(PreconditionError, match=msg):
         aggregate(torch.randn(10, 5), rule("krum"), AggregationContext(f=2),
                   pre=[pre.obj(pre.params())])
     assert precondition_problem("krum", 10, 2, ["bucketing"]) == (
@@ -484,7 +490,8 @@ def test_precondition_error_after_bucketing():
     assert precondition_problem("median", 2, 2, ["nnm"]) == "nnm needs n > f, got n=2, f=2"
     assert precondition_problem("fedavg", 0, 0) == "fedavg needs at least one update, got n=0"
     mk = AGGREGATORS.get("multi_krum")
-    assert precondition_problem("multi_krum", 8, 1, params=mk.params(m=9)).startswith("defense.m = 9")
+    msg = precondition_problem("multi_krum", 8, 1, params=mk.params(m=9))
+    assert msg.startswith("defense.m = 9")
     for name in ALL:  # one line each
         msg = precondition_problem(name, 2, 1, ["bucketing"])
         assert msg is None or "\n" not in msg

@@ -1,12 +1,26 @@
 """Robust aggregation rules as pure functions of ``updates: Tensor[n, d]``."""
 
-from .base import (
-    AGGREGATORS, CAPABILITIES, PRE_AGGREGATORS, AggregationContext, AggregationResult,
-    PreconditionError, precondition_problem,
+from . import (  # noqa: F401  (importing the modules registers the rules)
+    clipping,
+    clustering,
+    coordinate,
+    dnc,
+    flame,
+    fltrust,
+    foolsgold,
+    geomed,
+    krum,
+    mean,
+    pre,
 )
-from . import mean  # noqa: F401  (registers rules)
-from . import (  # noqa: F401
-    clipping, clustering, coordinate, dnc, flame, fltrust, foolsgold, geomed, krum, pre,
+from .base import (
+    AGGREGATORS,
+    CAPABILITIES,
+    PRE_AGGREGATORS,
+    AggregationContext,
+    AggregationResult,
+    PreconditionError,
+    precondition_problem,
 )
 from .pipeline import aggregate
 

@@ -14,9 +14,10 @@ from .base import AGGREGATORS, AggregationContext, AggregationResult, honest_maj
 
 
 class CenteredClippingParams(Params):
-    """tau: clipping radius around the current center (None: the median distance of the
-    rows to the center at each iteration, a scale-free default of ours: the paper tunes tau
-    per task, and with an honest majority the median distance is an honest one);
+    """tau: clipping radius around the current center (None: the median distance of the rows
+    to the center at each iteration, the mean of the middle two for even n; a scale-free default
+    of ours: the paper tunes tau per task, and with an honest majority the median distance is
+    an honest one);
     iters: L, clipping iterations."""
 
     tau: float | None = Field(default=None, gt=0.0)
@@ -41,7 +42,7 @@ def centered_clipping_coefficients(
     for it in range(iters):
         v = v0 if it == 0 else combine_with(c, X, v0)
         dist = dists_to(X, v)
-        t = float(dist.median()) if tau is None else tau
+        t = float(dist.quantile(0.5)) if tau is None else tau  # mean of the middle two if n even
         s = w * torch.where(dist > t, t / dist.clamp(min=1e-300), torch.ones_like(dist))
         c = c * (1.0 - s.sum())
         c[:n] += s
@@ -90,7 +91,8 @@ def make_centered_clipping(params: CenteredClippingParams):
 class NormBoundingParams(Params):
     """max_norm: M, every update is scaled to norm at most M; noise_sigma: standard deviation of
     the Gaussian noise added to each coordinate of the aggregate (weak DP; 0 = off).
-    max_norm None: the median update norm of the round (our scale-free default; Sun et al.
+    max_norm None: the median update norm of the round (the mean of the middle two for even n;
+    our scale-free default; Sun et al.
     fix M per task, and with an honest majority the median norm is an honest norm)."""
 
     max_norm: float | None = Field(default=None, gt=0.0)
@@ -120,7 +122,7 @@ def make_norm_bounding(params: NormBoundingParams):
     def norm_bounding(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
         n, d = updates.shape
         norms = row_norms(updates)
-        m = float(norms.median()) if params.max_norm is None else params.max_norm
+        m = float(norms.quantile(0.5)) if params.max_norm is None else params.max_norm
         scale = torch.where(
             norms > m, m / norms.clamp(min=1e-300),
             torch.ones_like(norms),

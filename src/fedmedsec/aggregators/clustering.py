@@ -55,7 +55,8 @@ class SignGuardParams(Params):
     @model_validator(mode="after")
     def _order(self):
         if self.lower > self.upper:
-            raise ValueError(f"defense.lower = {self.lower} must be <= defense.upper = {self.upper}")
+            raise ValueError(
+                f"defense.lower = {self.lower} must be <= defense.upper = {self.upper}")
         return self
 
 
@@ -105,7 +106,7 @@ def make_signguard(params: SignGuardParams):
 
     @guarded("signguard", params)
     def signguard(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
-        n, d = updates.shape
+        d = updates.shape[1]
         norms = row_norms(updates)
         M = float(norms.quantile(0.5))  # the median (mean of the middle two for even n)
         s1 = (norms >= params.lower * M) & (norms <= params.upper * M)

@@ -63,7 +63,7 @@ def make_flame(params: FlameParams):
 
     @guarded("flame", params)
     def flame(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
-        n, d = updates.shape
+        d = updates.shape[1]
         admitted = flame_admitted(updates)
         norms = row_norms(updates)
         S = float(norms.quantile(0.5))  # the median norm (mean of the middle two if n is even)

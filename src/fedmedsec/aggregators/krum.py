@@ -19,8 +19,15 @@ from pydantic import Field
 
 from ..registry import NoParams, Params
 from ._common import (
-    client_weights, column_slices, combine, exact_sq_dists_to, gram_error_factor, guarded,
-    map_chunks, robust_gram, sq_dists_from_gram,
+    client_weights,
+    column_slices,
+    combine,
+    exact_sq_dists_to,
+    gram_error_factor,
+    guarded,
+    map_chunks,
+    robust_gram,
+    sq_dists_from_gram,
 )
 from .base import AGGREGATORS, AggregationContext, AggregationResult
 
@@ -83,7 +90,7 @@ class KrumRanker:
 
     def __init__(self, updates: torch.Tensor) -> None:
         self.X = updates
-        n, d = updates.shape
+        d = updates.shape[1]
         self.G = robust_gram(updates)
         self.D = sq_dists_from_gram(self.G)
         self.g = self.G.diagonal().clamp(min=0.0)

@@ -39,7 +39,7 @@ def bucket_means(updates: torch.Tensor, s: int, gen: torch.Generator) -> torch.T
     """Tensor[n, d] -> Tensor[ceil(n/s), d]: permute the rows with a uniformly random
     permutation pi (from ``gen``), then y_k = mean of x_{pi(i)} for i in [k s, min((k+1) s, n)).
     The last bucket holds n mod s rows when s does not divide n."""
-    n, d = updates.shape
+    n = updates.shape[0]
     m = math.ceil(n / s)
     perm = torch.randperm(n, generator=gen)
     bucket = torch.empty(n, dtype=torch.long)
