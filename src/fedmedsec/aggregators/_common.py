@@ -232,7 +232,7 @@ def dists_to(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n, d = updates.shape
     v = v.to(updates.dtype)
     sq = torch.zeros(n, dtype=torch.float64)
-    for sl in column_slices(n, d, 1 << 21):
+    for sl in column_slices(n, d, 1 << 20):  # n x w float32 differences: ~4 MiB, in cache
         sq += torch.linalg.vector_norm(updates[:, sl] - v[sl], dim=1).double() ** 2
     dist = sq.sqrt()
     if updates.dtype == torch.float64:

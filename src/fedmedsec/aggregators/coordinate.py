@@ -73,10 +73,13 @@ def coordinate_trimmed_mean(updates: torch.Tensor, b: int) -> torch.Tensor:
     X = _np(updates)
     m = n - 2 * b
 
+    ones = np.ones(m)
+
     def fn(B: np.ndarray) -> np.ndarray:
         if b > 0:
             B.sort(axis=1)
-        return (B[:, b:n - b].sum(axis=1, dtype=np.float64) / m).astype(B.dtype)
+        # float64 row sums as a matrix-vector product (BLAS; faster than sum(dtype=float64))
+        return (B[:, b:n - b].astype(np.float64) @ ones / m).astype(B.dtype)
 
     return torch.from_numpy(_blockwise(X, fn)).to(updates.dtype)
 
