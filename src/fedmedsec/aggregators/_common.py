@@ -117,20 +117,29 @@ def gram(
     center: torch.Tensor | str | None = "mean",
 ) -> torch.Tensor:
     """Gram matrix of the rows of ``updates`` (and the optional ``extra: Tensor[d]`` as a last
-    row) after subtracting ``center``: "mean" (their per-coordinate mean), a Tensor[d], or None
-    (no centering). Returns Tensor[m, m] float64, m = n (+1), accumulated in float64."""
+    row) after subtracting ``center``: "mean" (the per-coordinate mean of the rows, formed once
+    in the input dtype: any center gives the same distances, it only has to be near the bulk),
+    a Tensor[d], or None (no centering). Returns Tensor[m, m] float64; the centering and the
+    products are done in float64 per column chunk."""
     n, d = updates.shape
     m = n + (extra is not None)
-    G = torch.zeros(m, m, dtype=torch.float64)
-    for sl in column_slices(m, d):
-        c = updates[:, sl].double()
+    if isinstance(center, str):
+        mu = combine(torch.full((n,), 1.0 / n, dtype=torch.float64), updates)
         if extra is not None:
-            c = torch.cat([c, extra[sl].double().unsqueeze(0)], 0)
-        if isinstance(center, str):
-            c = c - c.mean(0, keepdim=True)
-        elif center is not None:
-            c = c - center[sl].double()
-        G += c @ c.T
+            mu = combine(torch.tensor([n / m, 1.0 / m], dtype=torch.float64),
+                         torch.stack([mu, extra.to(updates.dtype)]))
+        center = mu
+    G = torch.zeros(m, m, dtype=torch.float64)
+    slices = list(column_slices(m, d))
+    buf = torch.empty(m, slices[0].stop - slices[0].start if slices else 0, dtype=torch.float64)
+    for sl in slices:
+        c = buf[:, : sl.stop - sl.start]  # one buffer for all chunks: no page faults per chunk
+        c[:n].copy_(updates[:, sl])
+        if extra is not None:
+            c[n].copy_(extra[sl])
+        if center is not None:
+            c -= center[sl].to(torch.float64)
+        G.addmm_(c, c.T)
     return G
 
 
@@ -190,12 +199,26 @@ def exact_sq_dists_to(updates: torch.Tensor, i: int) -> torch.Tensor:
     """Tensor[n] float64: ``sum_j (x_kj - x_ij)^2`` for every row k, computed directly in float64
     in a fixed column order (the same numbers whatever the row order: entry k of row i equals
     entry i of row k bit for bit)."""
-    n, d = updates.shape
+    n = updates.shape[0]
     out = torch.zeros(n, dtype=torch.float64)
-    for sl in column_slices(n, d):
-        c = updates[:, sl].double() - updates[i, sl].double()
+    for c, sl in float64_chunks(updates):
+        c -= updates[i, sl].double()
         out += (c * c).sum(1)
     return out
+
+
+def float64_chunks(updates: torch.Tensor, elems: int = CHUNK_ELEMS):
+    """Yield (chunk, slice): ``updates[:, slice]`` copied into one reused float64 buffer (the
+    chunk is overwritten by the next one; no page faults per chunk)."""
+    n, d = updates.shape
+    slices = list(column_slices(n, d, elems))
+    if not slices:
+        return
+    buf = torch.empty(n, slices[0].stop - slices[0].start, dtype=torch.float64)
+    for sl in slices:
+        c = buf[:, : sl.stop - sl.start]
+        c.copy_(updates[:, sl])
+        yield c, sl
 
 
 # ---------------------------------------------------------------- norms and dot products
@@ -232,8 +255,14 @@ def dists_to(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n, d = updates.shape
     v = v.to(updates.dtype)
     sq = torch.zeros(n, dtype=torch.float64)
-    for sl in column_slices(n, d, 1 << 20):  # n x w float32 differences: ~4 MiB, in cache
-        sq += torch.linalg.vector_norm(updates[:, sl] - v[sl], dim=1).double() ** 2
+    slices = list(column_slices(n, d, 1 << 20))  # n x w differences: ~4 MiB, in cache
+    buf = torch.empty(n, slices[0].stop - slices[0].start, dtype=updates.dtype)
+    nrm = torch.empty(n, dtype=updates.dtype)
+    for sl in slices:
+        z = buf[:, : sl.stop - sl.start]  # one buffer, filled in place: no page faults
+        torch.sub(updates[:, sl], v[sl], out=z)
+        torch.linalg.vector_norm(z, dim=1, out=nrm)
+        sq += nrm.double() ** 2
     dist = sq.sqrt()
     if updates.dtype == torch.float64:
         bad = ~torch.isfinite(dist)
@@ -250,17 +279,32 @@ def dists_to(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def dots_with(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Tensor[n] float64: <x_i, v> accumulated in float64 (no overflow for float32 rows)."""
-    n, d = updates.shape
-    out = torch.zeros(n, dtype=torch.float64)
-    for sl in column_slices(n, d):
-        out += updates[:, sl].double() @ v[sl].double()
+    out = torch.zeros(updates.shape[0], dtype=torch.float64)
+    for c, sl in float64_chunks(updates):
+        out += c @ v[sl].double()
     return out
 
 
-def cosine_matrix(updates: torch.Tensor) -> torch.Tensor:
+def rows_gram(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Uncentered float64 Gram matrix of the Tensor[d] ``rows`` without stacking them into an
+    n x d copy (chunk by chunk)."""
+    n, d = len(rows), int(rows[0].numel())
+    G = torch.zeros(n, n, dtype=torch.float64)
+    slices = list(column_slices(n, d))
+    buf = torch.empty(n, slices[0].stop - slices[0].start, dtype=torch.float64)
+    for sl in slices:
+        c = buf[:, : sl.stop - sl.start]
+        for i, r in enumerate(rows):
+            c[i].copy_(r[sl])
+        G.addmm_(c, c.T)
+    return G
+
+
+def cosine_matrix(updates: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """Tensor[n, n] float64 cosine similarities cos(x_i, x_j) (0 where a row is zero; 1 on the
-    diagonal of non-zero rows), from a float64 Gram matrix."""
-    G = gram(updates, center=None)
+    diagonal of non-zero rows), from a float64 Gram matrix. updates: Tensor[n, d] or a list
+    of n Tensor[d] rows."""
+    G = rows_gram(updates) if isinstance(updates, list) else gram(updates, center=None)
     norms = G.diagonal().clamp(min=0.0).sqrt()
     denom = norms[:, None] * norms[None, :]
     cos = torch.where(denom > 0, G / denom.clamp(min=1e-300), torch.zeros_like(G))
@@ -275,7 +319,7 @@ def combine(coef: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     float64 chunks instead. The result is clamped to the dtype's finite range (it can only
     leave it by rounding: the rules combine with coefficients whose output lies in the convex
     hull of the rows, or has a bounded norm)."""
-    n, d = updates.shape
+    d = updates.shape[1]
     if updates.dtype == torch.float64:
         return coef.double() @ updates
     c = coef.abs()
@@ -289,6 +333,6 @@ def combine(coef: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     c64 = coef.double()
     out = torch.empty(d, dtype=updates.dtype)
     big = torch.finfo(updates.dtype).max
-    for sl in column_slices(n, d):
-        out[sl] = (c64 @ updates[:, sl].double()).clamp(-big, big).to(updates.dtype)
+    for c, sl in float64_chunks(updates):
+        out[sl] = (c64 @ c).clamp(-big, big).to(updates.dtype)
     return out

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from threadpoolctl import threadpool_limits
 
 from ..registry import Params
 from ._common import client_weights, combine, cosine_matrix, generator, guarded, row_norms
@@ -81,8 +82,9 @@ def sign_cluster(features: np.ndarray, k: int) -> np.ndarray:
     n = features.shape[0]
     if n < 2 or np.ptp(features, axis=0).max() == 0:
         return np.ones(n, dtype=bool)
-    bw = max(float(estimate_bandwidth(features, quantile=0.3)), 0.5 / k)
-    labels = MeanShift(bandwidth=bw, cluster_all=True).fit_predict(features)
+    with threadpool_limits(1):  # n points: thread start-up would cost more than the work
+        bw = max(float(estimate_bandwidth(features, quantile=0.3)), 0.5 / k)
+        labels = MeanShift(bandwidth=bw, cluster_all=True).fit_predict(features)
     return _pick_largest(labels, features @ np.array([1.0, 2.0, 3.0]))
 
 
@@ -143,9 +145,10 @@ def cosine_two_clusters(updates: torch.Tensor) -> np.ndarray:
     dist = (1.0 - cosine_matrix(updates)).clamp(min=0.0)
     dist.fill_diagonal_(0.0)
     dist = ((dist + dist.T) / 2).numpy()
-    labels = AgglomerativeClustering(
-        n_clusters=2, metric="precomputed", linkage="average"
-    ).fit_predict(dist)
+    with threadpool_limits(1):
+        labels = AgglomerativeClustering(
+            n_clusters=2, metric="precomputed", linkage="average"
+        ).fit_predict(dist)
     return _pick_largest(labels, dist.mean(axis=1))
 
 

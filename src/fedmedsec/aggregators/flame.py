@@ -27,6 +27,7 @@ def flame_admitted(updates: torch.Tensor) -> torch.Tensor:
     labels everything as noise, every row is admitted (no majority could be found).
     """
     from sklearn.cluster import HDBSCAN  # local import: sklearn is slow to import
+    from threadpoolctl import threadpool_limits
 
     n = updates.shape[0]
     if n < 3:
@@ -34,10 +35,11 @@ def flame_admitted(updates: torch.Tensor) -> torch.Tensor:
     dist = (1.0 - cosine_matrix(updates)).clamp(min=0.0)
     dist.fill_diagonal_(0.0)
     dist = ((dist + dist.T) / 2).numpy()
-    labels = HDBSCAN(
-        metric="precomputed", min_cluster_size=n // 2 + 1, min_samples=1,
-        allow_single_cluster=True, copy=False,  # dist is our own temporary
-    ).fit_predict(dist)
+    with threadpool_limits(1):  # n points: thread start-up would cost more than the work
+        labels = HDBSCAN(
+            metric="precomputed", min_cluster_size=n // 2 + 1, min_samples=1,
+            allow_single_cluster=True, copy=False,  # dist is our own temporary
+        ).fit_predict(dist)
     valid = labels[labels >= 0]
     if valid.size == 0:
         return torch.ones(n, dtype=torch.bool)

@@ -17,9 +17,9 @@ class FoolsGoldParams(Params):
     kappa: float = Field(default=1.0, gt=0.0)
 
 
-def foolsgold_weights(H: torch.Tensor, kappa: float) -> torch.Tensor:
-    """Learning rates alpha: Tensor[n] float64 from the historical updates H: Tensor[n, d]
-    (Fung et al. 2020, Algorithm 1):
+def foolsgold_weights(H: torch.Tensor | list[torch.Tensor], kappa: float) -> torch.Tensor:
+    """Learning rates alpha: Tensor[n] float64 from the historical updates H: Tensor[n, d] or a
+    list of n Tensor[d] (Fung et al. 2020, Algorithm 1):
 
     cs_ij = cos(H_i, H_j) for i != j and cs_ii = 0;
     v_i = max_j cs_ij over ALL j, the zero diagonal included, so v_i = max(0, max_{j != i}
@@ -35,7 +35,7 @@ def foolsgold_weights(H: torch.Tensor, kappa: float) -> torch.Tensor:
     told apart from the others; the paper's formula is undefined (0/0) and all clients get
     weight 1 (this is a choice of ours, not the paper's).
     """
-    n = H.shape[0]
+    n = len(H)
     if n == 1:
         return torch.ones(1, dtype=torch.float64)
     cs = cosine_matrix(H)
@@ -86,7 +86,7 @@ def make_foolsgold(params: FoolsGoldParams):
             h = x if prev is None else prev.double() + x
             hist[cid] = h
             rows.append(h)
-        alpha = foolsgold_weights(torch.stack(rows), params.kappa)
+        alpha = foolsgold_weights(rows, params.kappa)  # no n x d float64 stack
         total = alpha.sum()
         if total <= 0:
             return AggregationResult(
