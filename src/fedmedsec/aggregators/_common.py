@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -246,24 +247,43 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
     return norms
 
 
+def _sq_dists_part(X: np.ndarray, v: np.ndarray, cols: slice, w: int) -> np.ndarray:
+    """float64 [n] partial sums of (x_ij - v_j)^2 over the columns ``cols``, in sub-chunks of w
+    columns through one reused buffer (squares in the input dtype, pairwise row sums)."""
+    n = X.shape[0]
+    buf = np.empty((n, w), dtype=X.dtype)
+    acc = np.zeros(n)
+    with np.errstate(all="ignore"):  # overflow to inf marks a row for the float64 recomputation
+        for s in range(cols.start, cols.stop, w):
+            e = min(s + w, cols.stop)
+            z = buf[:, : e - s]
+            np.subtract(X[:, s:e], v[s:e], out=z)
+            np.multiply(z, z, out=z)
+            acc += z.sum(axis=1)
+    return acc
+
+
 def dists_to(updates: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Tensor[n] float64: ||x_i - v|| for v: Tensor[d] (one pass; never an n x d temporary).
 
-    Fast path in the input dtype, column chunk by chunk (chunk norms accumulated in float64);
-    rows whose distance may have overflowed or underflowed there (outside [NORM_LO, NORM_HI],
-    or non-finite, as in ``row_norms``) are recomputed in float64 with scaling."""
+    Fast path in the input dtype: the columns are split among ``threads()`` numpy workers
+    (no per-operation thread barriers), each subtracting and squaring cache-sized sub-chunks in
+    place and accumulating pairwise row sums in float64. Rows whose distance may have
+    overflowed or underflowed there (outside [NORM_LO, NORM_HI], or non-finite, as in
+    ``row_norms``) are recomputed in float64 with scaling."""
     n, d = updates.shape
-    v = v.to(updates.dtype)
-    sq = torch.zeros(n, dtype=torch.float64)
-    slices = list(column_slices(n, d, 1 << 20))  # n x w differences: ~4 MiB, in cache
-    buf = torch.empty(n, slices[0].stop - slices[0].start, dtype=updates.dtype)
-    nrm = torch.empty(n, dtype=updates.dtype)
-    for sl in slices:
-        z = buf[:, : sl.stop - sl.start]  # one buffer, filled in place: no page faults
-        torch.sub(updates[:, sl], v[sl], out=z)
-        torch.linalg.vector_norm(z, dim=1, out=nrm)
-        sq += nrm.double() ** 2
-    dist = sq.sqrt()
+    X = updates.detach().cpu().numpy()
+    vn = v.detach().to(updates.dtype).cpu().numpy()
+    w = max(256, (CHUNK_ELEMS // max(n, 1)) // 64 * 64)
+    k = max(1, min(threads(), d // (4 * w)))
+    bounds = [d * j // k for j in range(k + 1)]
+    parts = [slice(bounds[j], bounds[j + 1]) for j in range(k)]
+    if k == 1:
+        sq = _sq_dists_part(X, vn, parts[0], w)
+    else:
+        with ThreadPoolExecutor(k) as pool:
+            sq = sum(pool.map(lambda cols: _sq_dists_part(X, vn, cols, w), parts))
+    dist = torch.from_numpy(np.sqrt(sq))
     if updates.dtype == torch.float64:
         bad = ~torch.isfinite(dist)
     else:
