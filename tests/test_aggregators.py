@@ -595,3 +595,21 @@ def test_clipped_clustering_keeps_the_larger_cosine_cluster_and_clips():
     tau2 = float(np.median(np.concatenate([X.norm(dim=1).numpy(), 0.5 * X.norm(dim=1).numpy()])))
     clipped = [x * min(1.0, tau2 / float(x.norm())) for x in 0.5 * X.double()[3:]]
     torch.testing.assert_close(res2.aggregate.double(), sum(clipped) / 7, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bulyan_coordinate_step_matches_sorting_by_distance_then_value(seed):
+    """beta_closest_to_median against the definition: per coordinate, sort the values by
+    (|v - median|, v) and average the first beta; small integers make ties common."""
+    from fedmedsec.aggregators.krum import beta_closest_to_median
+
+    rng = np.random.default_rng(seed)
+    theta = int(rng.integers(3, 12))
+    beta = int(rng.integers(1, theta + 1))
+    sel = rng.integers(-3, 4, size=(theta, 50)).astype(np.float32)
+    got = beta_closest_to_median(sel, beta)
+    for j in range(50):
+        col = sorted(float(v) for v in sel[:, j])
+        m = (col[(theta - 1) // 2] + col[theta // 2]) / 2
+        want = sum(sorted(col, key=lambda v: (abs(v - m), v))[:beta]) / beta
+        assert got[j] == np.float32(want)

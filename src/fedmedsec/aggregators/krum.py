@@ -258,40 +258,38 @@ def bulyan_select(ranker: KrumRanker, f: int, theta: int) -> list[int]:
     return chosen
 
 
-def _closest_block(s: np.ndarray, beta: int) -> np.ndarray:
-    """s: [theta, w] float64 -> [w] float64 sums of the beta values per column closest to the
-    column's median (ties at the last distance filled from the lower values first)."""
-    med = np.median(s, axis=0)
-    dev = np.abs(s - med)
-    r = np.partition(dev, beta - 1, axis=0)[beta - 1]
-    within = dev <= r
-    total = np.where(within, s, 0.0).sum(axis=0)
-    cols = np.flatnonzero(within.sum(axis=0) > beta)
-    if cols.size:
-        sc, dv, rr, m = s[:, cols], dev[:, cols], r[cols], med[cols]
-        inside = dv < rr
-        t = np.where(inside, sc, 0.0).sum(axis=0)
-        need = beta - inside.sum(axis=0)  # >= 1 values at distance exactly r
-        tie = dv == rr
-        low = tie & (sc < m)
-        high = tie & ~low
-        n_low, n_high = low.sum(axis=0), high.sum(axis=0)
-        v_low = np.where(low, sc, 0.0).sum(axis=0) / np.maximum(n_low, 1)
-        v_high = np.where(high, sc, 0.0).sum(axis=0) / np.maximum(n_high, 1)
-        take_low = np.minimum(need, n_low)
-        total[cols] = t + take_low * v_low + (need - take_low) * v_high
-    return total
+def _closest_block(B: np.ndarray, beta: int) -> np.ndarray:
+    """B: [w, theta] (one column per row, a copy; sorted in place) -> [w] float64 sums of the
+    beta values of each row closest to the row's median m.
+
+    With r the beta-th smallest deviation |s - m|, the sorted row reads: values below m - r,
+    low ties (= m - r), values within r of m, high ties (= m + r), values above. The beta
+    closest are the window that takes every value within r and fills the rest from the low
+    ties first, then the high ones: it starts at (#below) + (#low ties) - min(need, #low ties).
+    Deviations in float64."""
+    theta = B.shape[1]
+    B.sort(axis=1)
+    S = B.astype(np.float64)
+    m = (S[:, (theta - 1) // 2] + S[:, theta // 2]) * 0.5
+    D = np.abs(S - m[:, None])
+    r = np.partition(D, beta - 1, axis=1)[:, beta - 1:beta]
+    low = S < m[:, None]
+    n_below = ((D > r) & low).sum(axis=1)
+    n_low = ((D == r) & low).sum(axis=1)
+    need = beta - (D < r).sum(axis=1)
+    a = n_below + n_low - np.minimum(need, n_low)
+    idx = a[:, None] + np.arange(beta)
+    return np.take_along_axis(S, idx, axis=1).sum(axis=1)
 
 
 def beta_closest_to_median(sel: np.ndarray, beta: int) -> np.ndarray:
     """sel: [theta, d] -> [d] (sel's dtype): per coordinate, the mean of the beta values
-    closest to the coordinate's median (El Mhamdi et al. 2018, Bulyan step 2).
+    closest to the coordinate's median (El Mhamdi et al. 2018, Bulyan step 2). Ties at the last
+    distance are filled from the lower values first (a deterministic tie rule).
 
-    Per column chunk in float64 (no overflow of the deviations for float32 input): the median
-    m_j, then the beta-th smallest distance r_j to it; the values with |x - m_j| <= r_j are the
-    beta closest. Where more than beta values lie within r_j (ties at distance exactly r_j,
-    rare), the places are filled from the tied values the lower one first (a deterministic tie
-    rule); only those coordinates pay for it.
+    Per column block, copied transposed into a contiguous [w, theta] block and sorted along its
+    rows (as in ``coordinate.py``); the beta closest values form a window of the sorted values
+    (``_closest_block``); sums in float64, rounded once (no overflow for float32 input).
     """
     theta, d = sel.shape
     if beta == theta:
@@ -300,9 +298,10 @@ def beta_closest_to_median(sel: np.ndarray, beta: int) -> np.ndarray:
     big = float(np.finfo(sel.dtype).max)
 
     def work(sl: slice) -> None:
-        out[sl] = np.clip(_closest_block(sel[:, sl].astype(np.float64), beta) / beta, -big, big)
+        B = np.array(sel[:, sl].T, order="C", copy=True)
+        out[sl] = np.clip(_closest_block(B, beta) / beta, -big, big)
 
-    map_chunks(work, list(column_slices(theta, d)))
+    map_chunks(work, list(column_slices(theta, d, 1 << 16)))
     return out
 
 

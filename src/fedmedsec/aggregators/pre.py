@@ -12,7 +12,14 @@ import torch
 from pydantic import Field
 
 from ..registry import NoParams, Params
-from ._common import check_updates, column_slices, generator, pairwise_sq_dists
+from ._common import (
+    all_finite,
+    check_updates,
+    column_slices,
+    combine,
+    generator,
+    pairwise_sq_dists,
+)
 from .base import PRE_AGGREGATORS, AggregationContext, PreconditionError
 
 
@@ -20,7 +27,7 @@ def mix(A: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     """A @ updates (A: Tensor[m, n] of non-negative rows summing to 1) in the dtype of updates,
     recomputed in float64 chunks if the fast product overflows (rows near the float32 max)."""
     out = A.to(updates.dtype) @ updates
-    if bool(torch.isfinite(out).all()):
+    if all_finite(out):
         return out
     A64 = A.double()
     big = torch.finfo(updates.dtype).max
@@ -42,12 +49,12 @@ def bucket_means(updates: torch.Tensor, s: int, gen: torch.Generator) -> torch.T
     n = updates.shape[0]
     m = math.ceil(n / s)
     perm = torch.randperm(n, generator=gen)
-    bucket = torch.empty(n, dtype=torch.long)
-    bucket[perm] = torch.arange(n) // s  # row perm[i] goes to bucket i // s
-    A = torch.zeros(m, n, dtype=torch.float64)
-    A[bucket, torch.arange(n)] = 1.0
-    A = A / A.sum(1, keepdim=True)
-    return mix(A, updates)
+    out = torch.empty(m, updates.shape[1], dtype=updates.dtype)
+    for k in range(m):  # bucket k: rows perm[k s : (k + 1) s]; a gather of s rows, no n x n GEMM
+        rows = updates.index_select(0, perm[k * s:(k + 1) * s])
+        size = rows.shape[0]
+        out[k] = combine(torch.full((size,), 1.0 / size, dtype=torch.float64), rows)
+    return out
 
 
 @PRE_AGGREGATORS.register(
