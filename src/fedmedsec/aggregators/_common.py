@@ -312,6 +312,8 @@ def rows_gram(rows: list[torch.Tensor]) -> torch.Tensor:
     n, d = len(rows), int(rows[0].numel())
     G = torch.zeros(n, n, dtype=torch.float64)
     slices = list(column_slices(n, d))
+    if not slices:
+        return G
     buf = torch.empty(n, slices[0].stop - slices[0].start, dtype=torch.float64)
     for sl in slices:
         c = buf[:, : sl.stop - sl.start]
