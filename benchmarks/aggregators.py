@@ -141,6 +141,10 @@ def byzfl_anchors(X, f: int, n: int, tau: float, max_norm: float) -> dict:
     }
     if n * X.shape[1] > 1 << 24:  # torch.quantile (ByzFL's torch median) refuses > 2^24 values
         out["median"] = out["median"][1:]
+    if n * (n - f) * X.shape[1] * 4 > 4 << 30:  # ByzFL's NNM gathers an n x (n - f) x d array
+        print(f"  (ByzFL NNM skipped at n={n}: it would allocate "
+              f"{n * (n - f) * X.shape[1] * 4 / 2**30:.0f} GiB)")
+        del out["pre:nnm"]
     return out
 
 
