@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .aggregators import AGGREGATORS, PRE_AGGREGATORS, AggregationContext
-from .aggregators.base import AggregationResult
+from .aggregators.base import AggregationResult, PreconditionError, precondition_problem
 from .aggregators.pipeline import aggregate as run_rule
 from .config import ConfigError
 from .detectors import DETECTORS, DetectionContext, DetectionCounts, aggregate_with_detection
@@ -43,12 +43,13 @@ STALL_ROUNDS = 3
 
 
 def check_requirement(setup: Setup, n: int) -> None:
-    """Refuse a rule whose precondition fails for n clients per round and f assumed."""
-    entry = AGGREGATORS.get(setup.cfg.defense.name)
-    req = entry.meta.get("requirement")
-    msg = req(n, setup.cfg.defense.f) if req else None
+    """Refuse at setup a rule whose precondition fails for n clients per round (after the
+    ``defense.pre`` steps) and f assumed; in a round with fewer valid replies the round loop
+    records the failed precondition instead (``Coordinator.aggregate``)."""
+    d = setup.cfg.defense
+    msg = precondition_problem(d.name, n, d.f, d.pre, params=setup.cfg.params("defense"))
     if msg:
-        raise ConfigError(f"defense.name = {setup.cfg.defense.name!r}: {msg}")
+        raise ConfigError(f"defense.name = {d.name!r}: {msg}", key="defense.name")
 
 
 class Coordinator:
@@ -90,6 +91,7 @@ class Coordinator:
         self.bytes_up = 0
         self._pending: dict[int, dict] = {}
         self._sampled: set[int] = set()
+        self._round_problem = ""  # why this round aggregated nothing (a failed precondition)
         self._t0 = time.perf_counter()
         self.resume_offset = 0.0  # elapsed seconds of the rounds before a resume
         self.twin: dict | None = None  # the clean twin's results (``twin.clean_twin``)
@@ -215,7 +217,17 @@ class Coordinator:
         updates = self._collude(server_round, ids, updates)
         for i, pid in enumerate(ids):
             rows[pid]["update_norm"] = float(torch.linalg.vector_norm(updates[i].double()))
-        result = self._apply_rule(server_round, ids, updates, valid, rows)
+        d = cfg.defense
+        problem = precondition_problem(d.name, len(ids), d.f, d.pre, params=cfg.params("defense"))
+        result = None
+        if problem is None:
+            try:
+                result = self._apply_rule(server_round, ids, updates, valid, rows)
+            except PreconditionError as e:  # e.g. rows a detector removed
+                problem = str(e)
+        if result is None:
+            self._round_problem = f"precondition failed: {problem}"
+            return  # no aggregation this round: the global model stays
         self.global_vec = self.global_vec + result.aggregate.to(self.global_vec.dtype)
         for i, pid in enumerate(ids):
             w = float(result.weights[i]) if result.weights is not None else 1.0 / len(ids)
@@ -335,6 +347,7 @@ class Coordinator:
             "attack_success_rate_clean": clean,
             "attack_success_lift": asr - clean if asr is not None and clean is not None else None,
             "evaluated_on": ("server" if server_ev is not None else "hospitals" if fed_ev is not None else ""),
+            "round_problem": self._round_problem,
             "mean_hospital_accuracy": float(np.mean(all_acc)) if all_acc else float("nan"),
             "worst_hospital_accuracy": float(np.min(all_acc)) if all_acc else float("nan"),
             "worst_honest_hospital_accuracy": float(np.min(honest_acc)) if honest_acc else float("nan"),
@@ -349,6 +362,7 @@ class Coordinator:
         row = {k: (float("nan") if v is None else v) for k, v in row.items()}
         self.rounds.append(row)
         self._pending = {}
+        self._round_problem = ""
         if self.on_round:
             self.on_round(row)
         self._check_progress(rows)
@@ -401,12 +415,13 @@ class Coordinator:
             stalled += 1
         limit = min(STALL_ROUNDS, self.cfg.experiment.rounds)
         if stalled >= limit:
-            problems = [c["problem"] for c in self.clients[-200:] if c["problem"]]
+            problems = [r["round_problem"] for r in self.rounds[-stalled:] if r.get("round_problem")]
+            problems = problems or [c["problem"] for c in self.clients[-200:] if c["problem"]]
             why = max(set(problems), key=problems.count) if problems else "no replies"
             n = self.cfg.experiment.min_hospitals
             raise RunFailed(
-                f"no update was aggregated in the last {stalled} rounds (replies dropped: {why!r}; "
-                f"or fewer than experiment.min_hospitals = {n} valid replies): stopping")
+                f"no update was aggregated in the last {stalled} rounds ({why}; or fewer than "
+                f"experiment.min_hospitals = {n} valid replies): stopping")
 
     def privacy_summary(self) -> dict[str, Any]:
         """epsilon / delta for the run: DP-SGD reports the maximum over hospitals of each
