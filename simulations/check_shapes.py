@@ -17,11 +17,13 @@ found as machine-checkable claims over seeds::
     treatment = { "defense.name" = "norm_bounding" }
     expect = "lower"                        # treatment lower (or "higher") than baseline
     margin = 0.3                            # by at least this much, on the mean over seeds
+    # expect = "not_lower" / "not_higher": no worse than the margin (e.g. a clean-accuracy cost)
     quick = true                            # part of --quick
 
 A claim pairs the baseline and treatment runs by seed (every other resolved key equal
 except those the claim names), takes the per-seed differences, and passes when their mean
-meets the margin and the 95% t-interval of the mean difference excludes zero. Runs go to
+meets the margin and the 95% t-interval of the mean difference excludes zero ("lower" /
+"higher"), or when the mean is no worse than the margin ("not_lower" / "not_higher"). Runs go to
 ``--out`` (default runs/shapes) and are resumed, not redone, when this is run again.
 Exit status 1 when a claim fails.
 """
@@ -56,16 +58,19 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
-    """(resolved config flattened to dotted keys, summary) of every finished run."""
+def _runs(sweep_dir: Path) -> list[tuple[dict, dict, dict]]:
+    """(resolved config flattened to dotted keys, the point's grid values, summary) of every
+    finished run of the sweep."""
+    points = {p["run"]: p["values"] for p in json.loads((sweep_dir / "sweep.json").read_text())["points"]}
     out = []
-    for d in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+    for name, values in points.items():
+        d = sweep_dir / name
         try:
             summary = json.loads((d / "summary.json").read_text())
             cfg = _flat(tomllib.loads((d / "config.toml").read_text()))
         except (OSError, ValueError):
             continue
-        out.append((cfg, summary))
+        out.append((cfg, values, summary))
     return out
 
 
@@ -86,20 +91,23 @@ def t_interval(xs: list[float]) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def check_claim(claim: dict, runs: list[tuple[dict, dict]]) -> dict:
-    """Evaluate one claim on the runs of its grid (module docstring)."""
+def check_claim(claim: dict, runs: list[tuple[dict, dict, dict]]) -> dict:
+    """Evaluate one claim on the runs of its grid (module docstring): runs pair up when
+    every grid axis the claim does not name has the same value (the seed included)."""
     named = set(claim["baseline"]) | set(claim["treatment"])
     metric = claim["metric"]
 
-    def key(cfg: dict) -> tuple:
-        return tuple(sorted((k, json.dumps(v)) for k, v in cfg.items()
-                            if k not in named and k not in ("experiment.seed", "experiment.name")))
+    def key(values: dict) -> tuple:
+        return tuple(sorted((k, json.dumps(v)) for k, v in values.items() if k not in named))
 
-    base = {(key(c), c["experiment.seed"]): _get(s, metric) for c, s in runs if _matches(c, claim["baseline"])}
-    treat = {(key(c), c["experiment.seed"]): _get(s, metric) for c, s in runs if _matches(c, claim["treatment"])}
+    base = {key(v): _get(s, metric) for c, v, s in runs if _matches(c, claim["baseline"])}
+    treat = {key(v): _get(s, metric) for c, v, s in runs if _matches(c, claim["treatment"])}
     pairs = [(base[k], treat[k]) for k in sorted(base) if k in treat
              and base[k] is not None and treat[k] is not None]
-    sign = -1.0 if claim.get("expect", "lower") == "lower" else 1.0
+    expect = claim.get("expect", "lower")
+    if expect not in ("lower", "higher", "not_lower", "not_higher"):
+        raise SystemExit(f"claim {claim['name']!r}: expect = {expect!r}: choose lower, higher, not_lower, not_higher")
+    sign = -1.0 if expect in ("lower", "not_higher") else 1.0
     diffs = [sign * (t - b) for b, t in pairs]
     res = {"name": claim["name"], "metric": metric, "n": len(diffs), "expect": claim.get("expect", "lower"),
            "margin": float(claim.get("margin", 0.0))}
@@ -108,9 +116,13 @@ def check_claim(claim: dict, runs: list[tuple[dict, dict]]) -> dict:
     m, lo, hi = t_interval(diffs)
     res.update(baseline=sum(b for b, _ in pairs) / len(pairs), treatment=sum(t for _, t in pairs) / len(pairs),
                effect=m, ci=(lo, hi))
-    passed = m >= res["margin"] and lo > 0
-    return {**res, "passed": passed, "why": "" if passed else
-            (f"mean effect {m:.3f} < margin {res['margin']}" if m < res["margin"] else "95% CI includes 0")}
+    if expect in ("lower", "higher"):  # an effect of at least the margin, distinguishable from none
+        passed = m >= res["margin"] and lo > 0
+        why = f"mean effect {m:.3f} < margin {res['margin']}" if m < res["margin"] else "95% CI includes 0"
+    else:  # no worse than the margin: (treatment - baseline) in the bad direction <= margin
+        passed = m >= -res["margin"]
+        why = f"mean effect {m:.3f} is worse than -{res['margin']}"
+    return {**res, "passed": passed, "why": "" if passed else why}
 
 
 def run_folder(folder: Path, out: Path, quick: bool) -> list[dict]:

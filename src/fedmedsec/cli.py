@@ -109,6 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"defense {cfg.defense.name}, privacy {cfg.privacy.mode} -> {out}"
     )
 
+    for k in cfg.dropped:
+        console.print(f"[dim]note: {k} from {args.config} does not apply after the overrides; dropped[/dim]")
+
     def on_round(row: dict) -> None:
         if args.quiet:
             return

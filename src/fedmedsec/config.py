@@ -249,6 +249,12 @@ class Config(_Section):
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _dropped: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Keys of the config file an override made inapplicable (``load_config`` dropped them)."""
+        return self._dropped
 
     @model_validator(mode="before")
     @classmethod
@@ -364,13 +370,38 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     raw: dict[str, Any] | None = None,
 ) -> Config:
-    """Load a config file (or a dict), apply overrides, validate everything."""
+    """Load a config file (or a dict), apply overrides, validate everything.
+
+    When an override switches a section's component or mode (e.g. ``-s data.partition=iid``
+    on a file that sets ``data.alpha``), keys of the file that no longer apply are dropped
+    and listed in ``cfg.dropped``; such a key given as an override is still an error."""
     data = copy.deepcopy(raw) if raw is not None else {}
     if path is not None:
         data = read_toml(path)
+    given: set[str] = set()
     for o in overrides:
         apply_override(data, o)
-    return config_from_dict(data)
+        given.add(o.partition("=")[0].strip())
+    sections = {k.split(".")[0] for k in given}
+    dropped: list[str] = []
+    while True:
+        try:
+            cfg = config_from_dict(data)
+        except ConfigError as e:
+            k = e.key
+            if not (e.inapplicable and k and k not in given and k.split(".")[0] in sections):
+                raise
+            node = data
+            parts = k.split(".")
+            for part in parts[:-1]:
+                node = node.get(part, {})
+            if parts[-1] not in node:
+                raise
+            del node[parts[-1]]
+            dropped.append(k)
+            continue
+        cfg._dropped = dropped
+        return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
