@@ -74,11 +74,27 @@ class ModelConfig(_Named):
 
 
 class TrainConfig(_Section):
+    """Local training (``training.train_kwargs`` turns it into ``train_local``'s keywords;
+    ``training.lr_at`` gives the learning rate of a round). DP-SGD uses only local_epochs,
+    batch_size, the round's lr and momentum (plain SGD inside Opacus)."""
+
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(0.05, gt=0, description="peak learning rate (after warm-up)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, description="L2 (sgd, adam) or decoupled (adamw)")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="fresh every round")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over rounds (after warm-up)")
+    warmup_rounds: int = Field(0, ge=0, description="linear warm-up over the first rounds")
+    final_lr_fraction: float = Field(
+        0.0, ge=0, le=1, description="cosine: decays towards final_lr_fraction * lr")
+    augment: bool = Field(False, description="images: flips and shifts; ECG: time shifts")
+    augment_flip: bool = Field(True, description="images: random horizontal flips")
+    augment_shift: float = Field(
+        0.1, ge=0, le=0.5, description="largest shift, fraction of the image side / record length")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (k n_c) from the hospital's labels")
 
 
 class AttackConfig(_Named):
