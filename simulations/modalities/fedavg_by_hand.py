@@ -59,7 +59,7 @@ def _scores(model, data: FederatedData) -> dict:
     return {"accuracy": acc, "test_loss": loss, "top_prediction_share": float(top)}
 
 
-def run_federated(cfg: Config, data: FederatedData | None = None) -> dict:
+def run_federated(cfg: Config, data: FederatedData | None = None, every: int = 0) -> dict:
     """FedAvg (McMahan et al. 2017) over all hospitals each round; the equal-weight mean of
     the updates, as ``aggregators.mean`` without ``defense.weighted``."""
     _check_clean(cfg)
@@ -79,11 +79,20 @@ def run_federated(cfg: Config, data: FederatedData | None = None) -> dict:
         updates = torch.stack(vecs) - global_vec
         w = torch.full((n,), 1.0 / n, dtype=updates.dtype)
         global_vec = global_vec + w @ updates
+        if every and r % every == 0:
+            load_state_vector(model, global_vec)
+            _curve(r, model, data)
     load_state_vector(model, global_vec)
     return _scores(model, data)
 
 
-def run_centralized(cfg: Config, data: FederatedData | None = None) -> dict:
+def _curve(r: int, model, data: FederatedData) -> None:
+    s = _scores(model, data)
+    print(f"  round {r}: accuracy {s['accuracy']:.3f} loss {s['test_loss']:.3f} "
+          f"top-prediction share {s['top_prediction_share']:.3f}", flush=True)
+
+
+def run_centralized(cfg: Config, data: FederatedData | None = None, every: int = 0) -> dict:
     """One model on the pooled training data, ``rounds`` calls of ``local_epochs`` epochs
     (a fresh optimiser each, the round's lr), as the CLI's ``experiment.mode = centralized``."""
     data = data or build_federated_data(cfg)
@@ -93,6 +102,8 @@ def run_centralized(cfg: Config, data: FederatedData | None = None) -> dict:
     for r in range(1, rounds + 1):
         train_local(model, x, y, **train_kwargs(cfg.train, data.modality, r, rounds),
                     generator=generator(seed, r, 0xCE))
+        if every and r % every == 0:
+            _curve(r, model, data)
     return _scores(model, data)
 
 
@@ -122,6 +133,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--mode", choices=["federated", "centralized", "both"], default="both")
     ap.add_argument("--linear", action="store_true", help="also logistic regression on the raw inputs")
+    ap.add_argument("--every", type=int, default=0, help="print test accuracy every k rounds")
     ap.add_argument("--json", help="write the per-seed results to this file")
     args = ap.parse_args()
     set_torch_threads()
@@ -133,7 +145,7 @@ def main() -> None:
         row = {"seed": seed, **baselines(data, args.linear)}
         for mode in modes:
             t0 = time.perf_counter()
-            res = (run_federated if mode == "federated" else run_centralized)(cfg, data)
+            res = (run_federated if mode == "federated" else run_centralized)(cfg, data, args.every)
             row[mode] = res
             print(f"seed {seed} {mode:11s} accuracy {res['accuracy']:.4f}  top-prediction share "
                   f"{res['top_prediction_share']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
