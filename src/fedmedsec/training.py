@@ -103,7 +103,7 @@ def train_local(
     hooks: TrainHooks | None = None,
     optimizer: str = "sgd",
     class_weights: str = "none",
-    augment: "Augment | None" = None,
+    augment: Augment | None = None,
 ) -> TrainResult:
     """Mini-batch training on (x [N, ...], y [N]) for ``epochs`` passes, shuffled by
     ``generator``; ``hooks`` change batches and steps (adversarial training, gradient
