@@ -16,7 +16,7 @@ from .data.pipeline import HospitalData
 from .evaluation import EvalCounts, evaluate_records, robustness
 from .experiment import Setup
 from .streams import Stream
-from .training import chain_hooks, load_state_vector, state_vector, train_local
+from .training import chain_hooks, load_state_vector, lr_at, state_vector, train_kwargs, train_local
 
 
 def local_train(
@@ -48,10 +48,10 @@ def local_train(
     gen = setup.generator(Stream.LOCAL_TRAINING, server_round, pid)
     metrics: dict[str, float] = {}
     if cfg.privacy.mode == "dp_sgd":
-        metrics.update(_train_dp_sgd(setup, model, x, y, gen, state, hooks))
+        metrics.update(_train_dp_sgd(setup, model, x, y, gen, state, hooks, server_round))
     else:
-        res = train_local(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                          momentum=t.momentum, weight_decay=t.weight_decay, generator=gen, hooks=hooks)
+        res = train_local(model, x, y, **train_kwargs(t, setup.data.modality, server_round, cfg.experiment.rounds),
+                          generator=gen, hooks=hooks)
         metrics["train-loss"] = res.loss
     local = state_vector(model)
     if attack is not None:
@@ -86,14 +86,16 @@ def _noise_for(target_epsilon: float, delta: float, q: float, total_steps: int) 
     return noise_for_target_epsilon(target_epsilon, delta, q, total_steps)
 
 
-def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any, hooks=None) -> dict[str, float]:
+def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any, hooks=None,
+                  server_round: int = 1) -> dict[str, float]:
     """Record-level DP-SGD (Abadi et al. 2016) through Opacus. The accountant's history
     (sigma, q, steps per round) lives in ``state`` so epsilon is cumulative over the run."""
     from .privacy import train_dp_sgd
 
     p, t = setup.cfg.privacy, setup.cfg.train
     history = [tuple(h) for h in zip(state.get("dp-sigma", []), state.get("dp-q", []), state.get("dp-steps", []))]
-    res = train_dp_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+    lr = lr_at(server_round, setup.cfg.experiment.rounds, t)
+    res = train_dp_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
                        momentum=t.momentum, noise_multiplier=dp_noise_multiplier(setup, len(y)),
                        max_grad_norm=p.max_grad_norm, history=history, generator=gen,
                        delta=p.target_delta, hooks=hooks)

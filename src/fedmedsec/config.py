@@ -128,11 +128,27 @@ class ModelConfig(_Named):
 
 
 class TrainConfig(_Section):
+    """Local training (``training.train_kwargs`` turns it into ``train_local``'s keywords;
+    ``training.lr_at`` gives the learning rate of a round). DP-SGD uses only local_epochs,
+    batch_size, the round's lr and momentum (plain SGD inside Opacus)."""
+
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=1_000_000)
-    lr: float = Field(0.05, gt=0, le=100)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, le=100)
+    lr: float = Field(0.05, gt=0, le=100, description="peak learning rate (after warm-up)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, le=100, description="L2 (sgd, adam) or decoupled (adamw)")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="fresh every round")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over rounds (after warm-up)")
+    warmup_rounds: int = Field(0, ge=0, le=100_000, description="linear warm-up over the first rounds")
+    final_lr_fraction: float = Field(
+        0.0, ge=0, le=1, description="cosine: decays towards final_lr_fraction * lr")
+    augment: bool = Field(False, description="images: flips and shifts; ECG: time shifts")
+    augment_flip: bool = Field(True, description="images: random horizontal flips")
+    augment_shift: float = Field(
+        0.1, ge=0, le=0.5, description="largest shift, fraction of the image side / record length")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (k n_c) from the hospital's labels")
     # federated adversarial training (Madry et al. 2018 at each hospital; Zizzo et al. 2020)
     adversarial: Literal["none", "pgd"] = "none"
     adversarial_eps: float = Field(0.0, ge=0.0, le=1e3, description="budget in the modality's units")
@@ -148,6 +164,14 @@ class TrainConfig(_Section):
         given = extra & self.model_fields_set
         if self.adversarial == "none" and given:
             raise ValueError(f"train.{sorted(given)[0]} does not apply to train.adversarial = 'none'")
+        for key, needs in (("momentum", "sgd"),):
+            if key in self.model_fields_set and self.optimizer != needs:
+                raise ValueError(f"train.{key} does not apply to train.optimizer = {self.optimizer!r}")
+        if "final_lr_fraction" in self.model_fields_set and self.schedule != "cosine":
+            raise ValueError("train.final_lr_fraction does not apply to train.schedule = 'constant'")
+        aug = {"augment_flip", "augment_shift"} & self.model_fields_set
+        if aug and not self.augment:
+            raise ValueError(f"train.{sorted(aug)[0]} does not apply to train.augment = false")
         return self
 
 
@@ -283,8 +307,17 @@ class Config(_Section):
                     d.update(self.params("partition").model_dump(mode="json"))
             else:
                 d = sec.model_dump(mode="json")
-                if name == "train" and sec.adversarial == "none":
-                    d = {k: v for k, v in d.items() if not k.startswith("adversarial_")}
+                if name == "train":
+                    skip = set()
+                    if sec.adversarial == "none":
+                        skip |= {k for k in d if k.startswith("adversarial_")}
+                    if sec.optimizer != "sgd":
+                        skip.add("momentum")
+                    if sec.schedule != "cosine":
+                        skip.add("final_lr_fraction")
+                    if not sec.augment:
+                        skip |= {"augment_flip", "augment_shift"}
+                    d = {k: v for k, v in d.items() if k not in skip}
             out[name] = d
         return _drop_none(out)
 
@@ -585,6 +618,14 @@ def validate_components(cfg: Config) -> None:
                 raise ConfigError(
                     f"{key} = {value!r} does not apply to experiment.mode = 'centralized' (one model "
                     "trained on the pooled data, no federation)", key=key, inapplicable=True)
+    t = cfg.train
+    if cfg.privacy.mode == "dp_sgd":
+        for key, value, plain in (("optimizer", t.optimizer, "sgd"), ("class_weights", t.class_weights, "none"),
+                                  ("augment", t.augment, False)):
+            if value != plain:
+                raise ConfigError(f"train.{key} = {value!r} does not apply to privacy.mode = 'dp_sgd' (Opacus "
+                                  "DP-SGD here is SGD with momentum on the plain loss)", key=f"train.{key}",
+                                  inapplicable=True)
     sim = cfg.simulation
     if sim.backend == "inprocess":
         for k in ("ray_address", "num_cpus_per_client", "num_gpus_per_client"):

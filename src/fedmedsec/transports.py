@@ -13,7 +13,7 @@ from .experiment import Setup
 from .rounds import ClientEval, ClientReply
 from .server import POOLED
 from .streams import Stream
-from .training import load_state_vector, state_vector, train_local
+from .training import load_state_vector, state_vector, train_kwargs, train_local
 
 
 def _eval(setup: Setup, pid: int, global_vec: torch.Tensor, server_round: int) -> ClientEval:
@@ -69,7 +69,7 @@ class CentralizedTransport(InProcessTransport):
         t = self.setup.cfg.train
         model = self.setup.new_model()
         load_state_vector(model, global_vec)
-        res = train_local(model, self.x, self.y, epochs=t.local_epochs, batch_size=t.batch_size,
-                          lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        res = train_local(model, self.x, self.y,
+                          **train_kwargs(t, self.setup.data.modality, server_round, self.setup.cfg.experiment.rounds),
                           generator=self.setup.generator(Stream.CENTRALIZED_TRAINING, server_round))
         return [ClientReply(POOLED, state_vector(model), len(self.y), {"train-loss": res.loss})]

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from ..streams import Stream
-from ..training import train_local
+from ..training import train_kwargs, train_local
 from .mia import histogram_of, lira_offline, roc_from_histograms
 
 if TYPE_CHECKING:
@@ -81,9 +81,10 @@ def lira_audit(setup: Setup, model: nn.Module, members, nonmembers) -> dict[str,
 
     def train_shadow(idx: np.ndarray) -> nn.Module:
         shadow = setup.new_model()
-        train_local(shadow, xn[pop][idx], yn[pop][idx],
-                    epochs=cfg.experiment.rounds * t.local_epochs, batch_size=t.batch_size,
-                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        # the hospitals' recipe over the whole run: rounds x local_epochs epochs, one optimiser
+        kw = train_kwargs(t, setup.data.modality)
+        kw["epochs"] = cfg.experiment.rounds * t.local_epochs
+        train_local(shadow, xn[pop][idx], yn[pop][idx], **kw,
                     generator=setup.generator(Stream.LIRA_SHADOW, shadows_trained[0]))
         shadows_trained[0] += 1
         return shadow
