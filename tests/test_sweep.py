@@ -139,7 +139,7 @@ def test_flatten_summary():
                            "membership_inference": {"auc": 0.6}, "threat_model": None,
                            "malicious_hospitals": [1, 2], "versions": {"x": 1}})
     assert row == {"clean_accuracy": 0.9, "detection_tpr": 1.0, "detection_fpr": 0.0, "mia_auc": 0.6,
-                   "malicious_hospitals": "1,2"}
+                   "malicious_hospitals": "[1, 2]", "malicious_count": 2}
 
 
 def test_example_grid_table_resume_and_report(tmp_path):

@@ -16,7 +16,12 @@ from pydantic import ValidationError
 from fedmedsec.config import load_config
 from fedmedsec.engine import run_experiment
 from fedmedsec.results.tracking import (
-    STORE_DIR, TrackingConfig, flat_params, local_store, numeric_items, start_run,
+    STORE_DIR,
+    TrackingConfig,
+    flat_params,
+    local_store,
+    numeric_items,
+    start_run,
 )
 
 OVERRIDES = ["simulation.backend=inprocess", "experiment.rounds=3", "data.num_hospitals=3",
