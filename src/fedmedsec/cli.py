@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:
-        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # "[grid]" stays text
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

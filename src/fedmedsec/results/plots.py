@@ -15,6 +15,7 @@ which the report's tests check for pooling. ``NoData`` carries the note shown in
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,16 @@ def t_interval(values) -> tuple[int, float, float, float]:
     return n, m, m - h, m + h
 
 
-def summarise(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """One row per ``by`` group: n, mean, lo, hi (95% t-interval over its rows), runs."""
+def summarise(df: pd.DataFrame, by: list[str], value: str, clip: tuple[float, float] | None = (0.0, 1.0)) -> pd.DataFrame:
+    """One row per ``by`` group: n, mean, lo, hi (95% t-interval over its rows, clipped to
+    ``clip``: rates and AUCs live in [0, 1]), runs."""
     d = df.assign(_v=_finite(df[value])).dropna(subset=["_v"])
     rows = []
     for key, g in d.groupby(by, sort=False, dropna=False) if by else [((), d)]:
         key = key if isinstance(key, tuple) else (key,)
         n, m, lo, hi = t_interval(g["_v"].to_numpy())
+        if clip is not None and n > 1:
+            lo, hi = max(lo, clip[0]), min(hi, clip[1])
         rows.append({**dict(zip(by, key)), "n": n, "mean": m, "lo": lo, "hi": hi, "runs": sorted(set(g["run"]))})
     return pd.DataFrame(rows, columns=[*by, "n", "mean", "lo", "hi", "runs"])
 
@@ -119,12 +123,15 @@ def _finite(s) -> pd.Series:
 
 
 def _order(values, first: tuple[str, ...] = ("none", "fedavg")) -> list:
+    """References first (a label with ``none`` / ``fedavg`` in it), then numbers by value, then text."""
     def key(v):
         s = str(v)
+        tokens = re.split(r"[=\s·,()|\n]+", s)
+        ref = -sum(t in first for t in tokens)
         try:
-            return (0 if s.split(" ")[0] in first else 1, 0, float(s), s)
+            return (ref, 0, float(s), s)
         except ValueError:
-            return (0 if s.split(" ")[0] in first else 1, 1, 0.0, s)
+            return (ref, 1, 0.0, s)
     return sorted(set(values), key=key)
 
 
@@ -223,7 +230,7 @@ def _n_note(ns) -> str:
     if not ns:
         return ""
     lo, hi = min(ns), max(ns)
-    band = "95% t-interval over seeds" if hi >= 2 else "one run per configuration: no interval"
+    band = "95% t-interval over seeds, clipped to [0, 1]" if hi >= 2 else "one run per configuration: no interval"
     return f"n = {lo}" + (f"..{hi}" if hi != lo else "") + f" runs per point; {band}" + (
         " (n < 3: the interval is wide)" if 2 <= lo < 3 else "")
 
@@ -297,6 +304,8 @@ def heatmap(runs: pd.DataFrame, keys: list[str], path: Path, value: str, title: 
     if c.empty:
         raise NoData(f"no run recorded {value.replace('_', ' ')}")
     a_keys, d_keys, rest = _role_keys(keys)
+    if not a_keys and rest:  # no attack varies: the other keys make the rows, not panels
+        a_keys, rest = rest, []
     c = c.assign(_row=c.apply(lambda x: role_label(x, a_keys), axis=1) if a_keys else "all",
                  _col=c.apply(lambda x: role_label(x, d_keys), axis=1) if d_keys else "all",
                  _panel=c.apply(lambda x: label_of(x, rest), axis=1) if rest else "")
@@ -328,13 +337,13 @@ def heatmap(runs: pd.DataFrame, keys: list[str], path: Path, value: str, title: 
                 if np.isnan(mean.iat[i, j]):
                     ax.text(j, i, "not run", ha="center", va="center", color="grey", fontsize=6.5)
         ax.set_xlabel(" / ".join(short(k) for k in d_keys) or "defense")
-        ax.set_ylabel(" / ".join(short(k) for k in a_keys) or "attack")
+        ax.set_ylabel(" / ".join(short(k) for k in a_keys) if a_keys else "attack")
         if p:
             ax.set_title(p)
         fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label=colorbar or title)
     fig.suptitle(title)
     fig.tight_layout()
-    plotted.caption = (f"{title}: attack (rows) × defense (columns)"
+    plotted.caption = (f"{title}: {' / '.join(short(k) for k in a_keys) or 'attack'} (rows) × defense (columns)"
                        + (f", one panel per {', '.join(short(k) for k in rest)}" if rest else "")
                        + f"; each cell: mean ± 95% t-interval half-width over seeds, n runs ({_n_note(ns)}).")
     return save(fig, path, plotted)
@@ -481,9 +490,14 @@ def privacy_utility(runs: pd.DataFrame, keys: list[str], path: Path, refs: dict[
             _ylim(ax, ys, ref_vals)
         _eps_axis(ax, list(dp["_x"]), xlabel)
         ax.set_ylabel(lab)
-        ax.set_title(lab.capitalize() + " against ε")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+        ax.set_title(("Clean accuracy" if col == "clean_accuracy" else "Membership-inference AUC") + " against ε")
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     fig.tight_layout()
     plotted.caption = ("Privacy-utility: ε on a log scale with a tick at each value run; one line per "
                        + (", ".join(short(k) for k in line_keys) or "configuration")
@@ -499,19 +513,20 @@ def hospital_distribution(hosp: pd.DataFrame, keys: list[str], path: Path, refs:
     if hosp.empty or "accuracy" not in hosp or _finite(hosp["accuracy"]).notna().sum() == 0:
         raise NoData("no per-hospital accuracy recorded")
     h = hosp.assign(_v=_finite(hosp["accuracy"])).dropna(subset=["_v"])
-    panel_keys, box_keys = split_keys(keys, h, max_lines=8)
+    panel_keys, box_keys = split_keys(keys, h, max_lines=4)
     h = h.assign(_panel=h.apply(lambda x: label_of(x, panel_keys), axis=1) if panel_keys else "all runs",
                  _box=h.apply(lambda x: label_of(x, box_keys, "\n"), axis=1) if box_keys else "all runs")
     panels = _order(h["_panel"])
     nbox = h.groupby("_panel")["_box"].nunique().max()
-    fig, axes = _grid(len(panels), max(3.2, 0.8 * nbox + 1.4), 3.2)
+    fig, axes = _grid(len(panels), max(3.2, 1.25 * nbox + 1.0), 3.3, max_cols=2)
     plotted = Plotted("")
+    colors = colors_for(_order(h["_box"]))
     for ax, p in zip(axes, panels):
         sub = h[h["_panel"] == p]
         boxes = _order(sub["_box"])
         data = [sub.loc[sub["_box"] == b, "_v"].to_numpy() for b in boxes]
-        colors = colors_for(boxes)
-        bp = ax.boxplot(data, patch_artist=True, widths=0.55, showfliers=False)
+        bp = ax.boxplot(data, patch_artist=True, widths=0.55, showfliers=False,
+                        medianprops={"color": "black", "lw": 1.4})
         for patch, b in zip(bp["boxes"], boxes):
             patch.set_facecolor(colors[b])
             patch.set_alpha(0.45)
@@ -522,14 +537,15 @@ def hospital_distribution(hosp: pd.DataFrame, keys: list[str], path: Path, refs:
             plotted.add(p, b, b, g["run"], n=g["run"].nunique())
         ax.set_xticks(range(1, len(boxes) + 1),
                       [f"{b}\n(runs={sub.loc[sub['_box'] == b, 'run'].nunique()}, hosp.={len(d)})" for b, d in zip(boxes, data)],
-                      rotation=0 if len(boxes) <= 3 else 30, ha="center" if len(boxes) <= 3 else "right", fontsize=6.5)
+                      fontsize=6.5)
         ref_vals = _reference_lines(ax, refs)
         _ylim(ax, [*sub["_v"]], ref_vals, min_span=0.3)
-        ax.set_title(p)
+        if panel_keys:
+            ax.set_title(p)
         ax.set_xlabel(" / ".join(short(k) for k in box_keys) or "configuration")
         ax.set_ylabel("honest hospital accuracy\n(own test split)")
-        if refs:
-            ax.legend(loc="lower left", frameon=False)
+    if refs:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     plotted.caption = ("Accuracy of each honest hospital on its own test split (the cost to honest hospitals): one "
                        "box per configuration over all its runs' hospitals; each dot is one hospital in one run.")

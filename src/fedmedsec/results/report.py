@@ -254,7 +254,8 @@ def config_groups(view: pd.DataFrame, cond: Conditions,
         or (metrics[0],)
     out = None
     for i, m in enumerate(metrics):
-        s = plots.summarise(view.assign(**({m: np.nan} if m not in view else {})), keys, m)
+        s = plots.summarise(view.assign(**({m: np.nan} if m not in view else {})), keys, m,
+                            clip=None if m == "epsilon" else (0.0, 1.0))
         s = s.rename(columns={"mean": m, "lo": f"{m} lo", "hi": f"{m} hi"})
         if i == 0:
             out = s
