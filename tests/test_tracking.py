@@ -203,3 +203,22 @@ def test_tensorboard_scalars_per_round(made_run, tmp_path):
     rows = rounds_of(run)
     assert got["clean_accuracy"] == [(int(r["round"]), pytest.approx(r["clean_accuracy"], abs=1e-6)) for r in rows]
     assert "round" not in got and "evaluated_on" not in got
+
+
+def test_export_a_finished_sweep_one_run_per_point(made_run, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from fedmedsec.results.tracking import export_dir
+
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    for name in ("a", "b", "c"):
+        copy_run(made_run, sweep / name)
+    trackers = export_dir(sweep, {"mlflow": True})
+    assert len(trackers) == 3 and all(t.warnings == [] for t in trackers)
+    client = MlflowClient(local_store(sweep / "a")[0])
+    runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["a", "b", "c"]
+    assert all(len(client.get_metric_history(r.info.run_id, "clean_accuracy")) == 3 for r in runs)

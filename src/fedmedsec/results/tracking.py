@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["TrackingConfig", "Tracker", "start_run", "local_store", "flat_params", "numeric_items"]
+__all__ = ["TrackingConfig", "Tracker", "export_dir", "flat_params", "local_store", "numeric_items", "start_run"]
 
 STORE_DIR = "mlruns"
 TB_DIR = "tensorboard"
@@ -345,3 +345,37 @@ def _git_commit() -> str | None:
         return git_commit()
     except Exception:  # noqa: BLE001
         return None
+
+
+def export_dir(root: str | Path, tracking: TrackingConfig | dict) -> list[Tracker]:
+    """Log finished run directories to MLflow / TensorBoard after the fact, as the engine
+    does during a run: ``root`` is one run directory or a sweep directory (one MLflow run per
+    point, under one experiment). Returns one Tracker per run directory with a summary.json."""
+    import csv
+    import tomllib
+
+    root = Path(root)
+    dirs = [root] if (root / "summary.json").is_file() else sorted(
+        d for d in root.iterdir() if d.is_dir() and (d / "summary.json").is_file())
+    out = []
+    for d in dirs:
+        cfg = tomllib.loads((d / "config.toml").read_text()) if (d / "config.toml").is_file() else {}
+        summary = json.loads((d / "summary.json").read_text())
+        tr = start_run(cfg, d, tracking)
+        if (d / "rounds.csv").is_file():
+            with open(d / "rounds.csv", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    tr.log_round({k: _number(v) for k, v in row.items()})
+        tr.finish(summary, d)
+        out.append(tr)
+    return out
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
