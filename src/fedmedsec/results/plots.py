@@ -122,17 +122,22 @@ def _finite(s) -> pd.Series:
     return pd.to_numeric(pd.Series(s), errors="coerce").astype(float).replace([np.inf, -np.inf], np.nan)
 
 
-def _order(values, first: tuple[str, ...] = ("none", "fedavg")) -> list:
-    """References first (a label with ``none`` / ``fedavg`` in it), then numbers by value, then text."""
-    def key(v):
-        s = str(v)
-        tokens = re.split(r"[=\s·,()|\n]+", s)
-        ref = -sum(t in first for t in tokens)
-        try:
-            return (ref, 0, float(s), s)
-        except ValueError:
-            return (ref, 1, 0.0, s)
-    return sorted(set(values), key=key)
+REFERENCES = ("none", "fedavg")
+
+
+def order_key(v, first: tuple[str, ...] = REFERENCES) -> tuple:
+    """References first (a label with ``none`` / ``fedavg`` in it), then numbers by value
+    (also inside labels: ``ε=3`` before ``ε=10``), then text."""
+    s = str(v)
+    tokens = re.split(r"[=\s·,()|\n]+", s)
+    ref = -sum(t in first for t in tokens)
+    parts = tuple((0, float(t), "") if re.fullmatch(r"-?\d+(\.\d*)?(e-?\d+)?", t) else (1, 0.0, t)
+                  for t in tokens if t)
+    return (ref, parts)
+
+
+def _order(values, first: tuple[str, ...] = REFERENCES) -> list:
+    return sorted(set(values), key=lambda v: order_key(v, first))
 
 
 def _grid(n: int, width: float, height: float, max_cols: int = 3):

@@ -263,6 +263,9 @@ def config_groups(view: pd.DataFrame, cond: Conditions,
             s = s.drop(columns=["runs", "n"])
             out = out.merge(s, on=keys, how="left") if keys else pd.concat([out, s], axis=1)
     out["label"] = out.apply(lambda r: label_of(r, keys), axis=1) if keys else "all runs"
+    if keys:  # references (none, fedavg) first, numbers by value
+        out = out.iloc[sorted(range(len(out)), key=lambda i: tuple(plots.order_key(out[k].iloc[i]) for k in keys))]
+        out = out.reset_index(drop=True)
     return out
 
 
@@ -375,7 +378,8 @@ def _table(df: pd.DataFrame, left: set[str] | None = None, max_rows: int = 500, 
     df = df[[c for c in df.columns if df[c].notna().any() and not df[c].astype(str).isin(["nan", "None", "<NA>"]).all()]]
     ints = {c for c in df.columns if _is_int(df[c])}
     left = left or set()
-    head = "".join(f"<th class='{'l' if c in left else ''}'>{_esc(SHORT.get(c, c))}</th>" for c in df.columns)
+    head = "".join(f"<th class='{'l' if c in left else ''}'>{_esc(SHORT.get(c, short(c) if '.' in c else c))}</th>"
+                   for c in df.columns)
     body = []
     for _, row in df.head(max_rows).iterrows():
         cells = []
@@ -674,6 +678,16 @@ def _sweep(page: Page, runs: list[Run], complete: list[Run], t: Tables, meta: di
     page.raw("<details><summary>every run</summary>" + _table(view[cols], left={"run", *cond.label}) + "</details>")
 
     keys = cond.label
+    attacked = "attack.name" in view and (view["attack.name"].astype(str) != "none").any()
+    has_dp = "privacy.mode" in view and view["privacy.mode"].astype(str).isin(["dp_sgd", "central"]).any()
+    has_det = "detection_tpr" in view and pd.to_numeric(view["detection_tpr"], errors="coerce").notna().any()
+    left_out = [name for name, present in (("attack success and threats", attacked),
+                                           ("privacy-utility", has_dp), ("detection", has_det)) if not present]
+    if left_out:
+        page.raw("<p class='lead'>Not in this sweep, so left out: " + _esc("; ".join(left_out)) + " (no "
+                 + _esc(", no ".join(w for w, present in (("attack", attacked), ("differential privacy", has_dp),
+                                                         ("filtering defense under attack", has_det)) if not present))
+                 + ").</p>")
     page.h2("Accuracy by round", "accuracy")
     page.plot(plots.by_round, "accuracy_by_round", t.rounds, keys, refs=t.refs)
     if not t.rounds.empty and "attack_success_rate" in t.rounds and \
@@ -681,40 +695,42 @@ def _sweep(page: Page, runs: list[Run], complete: list[Run], t: Tables, meta: di
         page.plot(plots.by_round, "attack_success_by_round", t.rounds, keys, metric="attack_success_rate",
                   label="attack success rate", twin="attack_success_rate_clean")
 
-    page.h2("Attack × defense", "heatmaps")
+    page.h2("Attack × defense" if attacked else "Configurations × defense", "heatmaps")
     page.plot(plots.heatmap, "heatmap_clean_accuracy", view, keys, value="clean_accuracy",
               title="Clean accuracy", cmap="viridis", colorbar="clean accuracy")
-    page.plot(plots.heatmap, "heatmap_attack_success", view, keys, value="attack_success_rate",
-              title="Attack success rate (targeted attacks)", cmap="magma_r", colorbar="attack success rate")
+    if attacked:
+        page.plot(plots.heatmap, "heatmap_attack_success", view, keys, value="attack_success_rate",
+                  title="Attack success rate (targeted attacks)", cmap="magma_r", colorbar="attack success rate")
 
-    page.h2("Attack success by defense", "asr",
-            "For targeted attacks: how often the trigger gets the target label under each defense, beside the rate "
-            "the same trigger reaches on the clean twin (the federation trained without the attack). Only the "
-            "difference (lift) is the attack's doing.")
-    page.plot(plots.asr_by_defense, "asr_by_defense", view, keys)
+        page.h2("Attack success by defense", "asr",
+                "For targeted attacks: how often the trigger gets the target label under each defense, beside the rate "
+                "the same trigger reaches on the clean twin (the federation trained without the attack). Only the "
+                "difference (lift) is the attack's doing.")
+        page.plot(plots.asr_by_defense, "asr_by_defense", view, keys)
 
-    page.h2("Threats against defenses", "threats",
-            "Each attack's declared threat model (goal, adversary, knowledge: the SoK taxonomy) and the impact "
-            "measured under each defense: for targeted attacks the attack success rate (ASR); otherwise the drop "
-            "in clean accuracy against the no-attack runs of the same column (positive = harm). Each column is "
-            "one defense with every other key that differs.")
-    impact, kinds, declared = threat_tables(view, keys)
-    if impact.empty:
-        page.note("No attacked runs: the risk matrix needs at least one attack other than none.")
-    else:
-        page.raw(_risk_html(impact, kinds, declared))
-        page.plot(plots.threat_matrix, "threat_matrix", impact, kinds)
+        page.h2("Threats against defenses", "threats",
+                "Each attack's declared threat model (goal, adversary, knowledge: the SoK taxonomy) and the impact "
+                "measured under each defense: for targeted attacks the attack success rate (ASR); otherwise the drop "
+                "in clean accuracy against the no-attack runs of the same column (positive = harm). Each column is "
+                "one defense with every other key that differs.")
+        impact, kinds, declared = threat_tables(view, keys)
+        if impact.empty:
+            page.note("No attacked runs: the risk matrix needs at least one attack other than none.")
+        else:
+            page.raw(_risk_html(impact, kinds, declared))
+            page.plot(plots.threat_matrix, "threat_matrix", impact, kinds)
 
-    page.h2("Privacy-utility", "privacy")
-    page.plot(plots.privacy_utility, "privacy_utility", view, keys, refs=t.refs, delta=t.delta)
-    if "mia_auc" in view and pd.to_numeric(view["mia_auc"], errors="coerce").notna().any():
-        g = config_groups(view, cond, metrics=("mia_auc", "mia_tpr_at_1pct_fpr"))
-        show = g[[c for c in [*keys, "n", "mia_auc", "mia_auc lo", "mia_auc hi", "mia_tpr_at_1pct_fpr"] if c in g]]
-        show = show.rename(columns={"mia_auc": "MIA AUC", "mia_auc lo": "AUC 95% lo", "mia_auc hi": "AUC 95% hi",
-                                    "mia_tpr_at_1pct_fpr": "TPR at 1% FPR"})
-        page.raw("<h3>Membership inference on the final model</h3><p class='lead'>Loss-threshold attack on each "
-                 "hospital's training records against held-out records; 0.5 is chance. Per configuration: mean and "
-                 "95% t-interval over seeds.</p>" + _table(show, left=set(keys)))
+    if has_dp:
+        page.h2("Privacy-utility", "privacy")
+        page.plot(plots.privacy_utility, "privacy_utility", view, keys, refs=t.refs, delta=t.delta)
+        if "mia_auc" in view and pd.to_numeric(view["mia_auc"], errors="coerce").notna().any():
+            g = config_groups(view, cond, metrics=("mia_auc", "mia_tpr_at_1pct_fpr"))
+            show = g[[c for c in [*keys, "n", "mia_auc", "mia_auc lo", "mia_auc hi", "mia_tpr_at_1pct_fpr"] if c in g]]
+            show = show.rename(columns={"mia_auc": "MIA AUC", "mia_auc lo": "AUC 95% lo", "mia_auc hi": "AUC 95% hi",
+                                        "mia_tpr_at_1pct_fpr": "TPR at 1% FPR"})
+            page.raw("<h3>Membership inference on the final model</h3><p class='lead'>Loss-threshold attack on each "
+                     "hospital's training records against held-out records; 0.5 is chance. Per configuration: mean and "
+                     "95% t-interval over seeds.</p>" + _table(show, left=set(keys)))
 
     page.h2("Cost to honest hospitals", "hospitals")
     hosp = t.hospitals
@@ -722,8 +738,9 @@ def _sweep(page: Page, runs: list[Run], complete: list[Run], t: Tables, meta: di
         hosp = hosp[~hosp["malicious"].fillna(False).astype(bool)]
     page.plot(plots.hospital_distribution, "hospital_accuracy", hosp, keys, refs=t.refs)
 
-    page.h2("Detection", "detection")
-    page.plot(plots.detection_rates, "detection", view, keys)
+    if has_det:
+        page.h2("Detection", "detection")
+        page.plot(plots.detection_rates, "detection", view, keys)
 
     page.h2("Mean and interval over seeds", "seeds")
     if not groups.empty:
