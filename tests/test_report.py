@@ -188,8 +188,9 @@ def test_threat_matrix_measures_drop_against_same_defense_baseline(tmp_path):
     assert kinds.at["sign_flip", "fedavg"] == "drop"
     assert impact.at["sign_flip", "fedavg"] == pytest.approx(0.38, abs=0.05)
     assert impact.at["sign_flip", "median"] == pytest.approx(0.03, abs=0.05)
-    # targeted: attack success rate
-    assert kinds.at["backdoor", "median"] == "ASR" and impact.at["backdoor", "median"] == pytest.approx(0.3)
+    # targeted, with a clean twin (seed 0 only): the lift over the twin, on the runs that have one
+    assert kinds.at["backdoor", "median"] == "lift" and impact.at["backdoor", "median"] == pytest.approx(0.3 - 0.05)
+    assert impact.attrs["text"].at["backdoor", "median"] == "lift +0.25 (ASR 0.30, twin 0.05)"
     assert declared.at["backdoor", "knowledge"] == "own data"
     assert "none" not in impact.index
 
@@ -359,6 +360,7 @@ def test_defense_parameters_on_the_grid_become_separate_columns(tmp_path):
     impact, kinds, _ = threat_tables(t.view, t.cond.label)
     assert list(impact.columns) == ["fedavg", "norm_bounding (noise_sigma=0)", "norm_bounding (noise_sigma=0.003)"]
     assert impact.loc["backdoor"].tolist() == pytest.approx([0.9, 0.4, 0.2])
+    assert set(kinds.loc["backdoor"]) == {"ASR"}  # no clean twin in these runs: the ASR itself
     _, images, _ = build_report(root)
     assert images >= 3
     assert_no_pooling(root, ["attack.name", "defense.name", "defense.noise_sigma"])

@@ -270,7 +270,7 @@ def by_round(rounds: pd.DataFrame, keys: list[str], path: Path, metric: str = "c
             ns.append(n)
             ax.plot(s["round"], s["mean"], marker="o", ms=2.5, lw=1.2, color=colors[line], label=f"{line} (n={n})")
             if (s["n"] > 1).any():
-                ax.fill_between(s["round"], s["lo"], s["hi"], color=colors[line], alpha=0.15, lw=0)
+                ax.fill_between(s["round"], s["lo"], s["hi"], color=colors[line], alpha=0.12, lw=0)
                 ys += [*s["lo"].dropna(), *s["hi"].dropna()]
             ys += list(s["mean"])
             for _, row in s.iterrows():
@@ -399,7 +399,7 @@ def asr_by_defense(runs: pd.DataFrame, keys: list[str], path: Path) -> Plotted:
         ax.set_xlabel(" / ".join(short(k) for k in d_keys) or "defense")
         ax.set_ylabel("attack success rate")
         ax.set_title(p)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     plotted.caption = ("Attack success rate (targeted attacks) per defense" + (
         "; grey hatched: the trigger's success on the clean twin (the same federation trained without the attack), "
@@ -589,7 +589,7 @@ def detection_rates(runs: pd.DataFrame, keys: list[str], path: Path) -> Plotted:
         ax.set_title(p)
         ax.set_xlabel(" / ".join(short(k) for k in bar_keys) or "configuration")
         ax.set_ylabel("share of decisions")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     plotted.caption = ("Detection: share of (client, round) decisions the defense excluded, attackers (TPR) and "
                        f"honest hospitals (FPR); whiskers: {_n_note(ns)}.")
@@ -640,7 +640,7 @@ def threat_matrix(impact: pd.DataFrame, kinds: pd.DataFrame, path: Path) -> Plot
     success); ``kinds`` the same shape with 'ASR' / 'drop' labels."""
     if impact.empty or impact.isna().all().all():
         raise NoData("no attacked runs with a matching baseline")
-    fig, ax = plt.subplots(figsize=(1.2 * impact.shape[1] + 2.8, 0.55 * impact.shape[0] + 1.5))
+    fig, ax = plt.subplots(figsize=(1.5 * impact.shape[1] + 2.8, 0.65 * impact.shape[0] + 1.5))
     vals = impact.to_numpy(dtype=float)
     im = ax.imshow(np.clip(vals, 0, 1), cmap="Reds", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(impact.shape[1]), impact.columns, rotation=30, ha="right")
@@ -650,7 +650,14 @@ def threat_matrix(impact: pd.DataFrame, kinds: pd.DataFrame, path: Path) -> Plot
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
             v, k = vals[i, j], kinds.iat[i, j]
-            txt = "not run" if np.isnan(v) else f"accuracy\n{-v:+.2f}" if k == "drop" else f"ASR\n{v:.2f}"
+            text = impact.attrs.get("text")
+            if np.isnan(v):
+                txt = "not run"
+            elif text is not None:
+                txt = str(text.iat[i, j]).replace(" (", "\n(").replace("accuracy ", "accuracy\n").replace("ASR ", "ASR\n", 1) \
+                    if k != "lift" else str(text.iat[i, j]).replace(" (", "\n(")
+            else:
+                txt = f"accuracy\n{-v:+.2f}" if k == "drop" else f"ASR\n{v:.2f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=6.5,
                     color="white" if not np.isnan(v) and v > 0.55 else "black")
             if not np.isnan(v):
@@ -660,8 +667,9 @@ def threat_matrix(impact: pd.DataFrame, kinds: pd.DataFrame, path: Path) -> Plot
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label="impact (0 = none, 1 = total)")
     ax.set_title("Risk matrix: measured impact of each threat under each defense")
     fig.tight_layout()
-    plotted.caption = ("Impact of each threat (rows) under each defense (columns): attack success rate for "
-                       "targeted attacks, else the clean-accuracy drop against the no-attack run of the same defense.")
+    plotted.caption = ("Impact of each threat (rows) under each defense (columns): for targeted attacks the lift of "
+                       "the attack success rate over the clean twin (or the ASR where no twin was recorded), else the "
+                       "clean-accuracy drop against the no-attack runs of the same defense; colour: the impact, 0 to 1.")
     return save(fig, path, plotted)
 
 
@@ -709,7 +717,8 @@ def run_hospitals(per: pd.DataFrame, path: Path, refs: dict[str, float] | None =
     colors = ["#e63946" if m else "#457b9d" for m in per["malicious"]]
     x = np.arange(len(per))
     ax.bar(x, _finite(per["accuracy"]).fillna(0), color=colors)
-    names = [f"{h}\n(n={int(n)})" if "n" in per and pd.notna(n) else str(h)
+    sep = " " if len(per) > 6 else "\n"
+    names = [f"{h}{sep}(n={int(n)})" if "n" in per and pd.notna(n) else str(h)
              for h, n in zip(per["hospital"], per.get("n", [None] * len(per)))]
     ax.set_xticks(x, names, rotation=45 if len(per) > 6 else 0, ha="right" if len(per) > 6 else "center", fontsize=6.5)
     _reference_lines(ax, refs)

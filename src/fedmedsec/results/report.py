@@ -275,8 +275,11 @@ def config_groups(view: pd.DataFrame, cond: Conditions,
 def threat_tables(view: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(impact, kinds, declared): threats × defenses. A column is a defense together with
     every other key that differs (``fedavg | privacy=dp_sgd · ε=1``), so nothing is averaged
-    across configurations. Impact is the attack success rate when the attack has a target,
-    else the clean-accuracy drop against the no-attack runs of the same column."""
+    across configurations. Impact is, for a targeted attack, its lift over the clean twin
+    (attack success minus the trigger's success on the same federation trained without the
+    attack, per run, averaged; kind "lift") or, without a twin, the attack success rate
+    ("ASR"); else the clean-accuracy drop against the no-attack runs of the same column
+    ("drop"). ``impact.attrs["text"]`` holds each cell's text."""
     empty = pd.DataFrame()
     if view.empty or "attack.name" not in view:
         return empty, empty, empty
@@ -292,27 +295,38 @@ def threat_tables(view: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd
     attacked = d[~is_none]
     if attacked.empty:
         return empty, empty, empty
-    impacts, kinds, declared = {}, {}, {}
+    impacts, kinds, declared, texts = {}, {}, {}, {}
+    d["_twin"] = pd.to_numeric(d["attack_success_rate_clean"], errors="coerce") \
+        if "attack_success_rate_clean" in d else np.nan
+    attacked = d[~is_none]
     for (attack, col), g in attacked.groupby(["_attack", "_col"]):
         targeted_decl = g["threat_targeted"].map(lambda x: x is True or str(x).lower() == "true").any() \
             if "threat_targeted" in g else False
-        if g["_asr"].notna().any():
+        paired = g[g["_asr"].notna() & g["_twin"].notna()]
+        if not paired.empty:
+            asr, twin = float(paired["_asr"].mean()), float(paired["_twin"].mean())
+            val, kind, text = asr - twin, "lift", f"lift {asr - twin:+.2f} (ASR {asr:.2f}, twin {twin:.2f})"
+        elif g["_asr"].notna().any():
             val, kind = float(g["_asr"].mean()), "ASR"
+            text = f"ASR {val:.2f}"
         else:
             b = base.get(col)
             drops = [b - a for a in g["clean_accuracy"] if b is not None and not math.isnan(b) and not math.isnan(a)]
             val, kind = (float(np.mean(drops)), "drop") if drops else (math.nan, "no baseline")
+            text = f"accuracy {-val:+.2f}" if drops else "no baseline"
         impacts.setdefault(attack, {})[col] = val
         kinds.setdefault(attack, {})[col] = kind
+        texts.setdefault(attack, {})[col] = text
         first = g.iloc[0]
         declared[attack] = {"goal": first.get("threat_goal", MISSING), "adversary": first.get("threat_adversary", MISSING),
                             "knowledge": first.get("threat_knowledge", MISSING),
                             "targeted": "yes" if (targeted_decl or g["_asr"].notna().any()) else "no"}
     cols = plots._order(d["_col"])
-    impact = pd.DataFrame(impacts).T.reindex(columns=cols)
-    kind = pd.DataFrame(kinds).T.reindex(columns=cols).fillna(MISSING)
-    decl = pd.DataFrame(declared).T
-    return impact.sort_index(), kind.sort_index(), decl.sort_index()
+    impact = pd.DataFrame(impacts).T.reindex(columns=cols).sort_index()
+    kind = pd.DataFrame(kinds).T.reindex(columns=cols).fillna(MISSING).sort_index()
+    decl = pd.DataFrame(declared).T.sort_index()
+    impact.attrs["text"] = pd.DataFrame(texts).T.reindex(index=impact.index, columns=cols).fillna("not run")
+    return impact, kind, decl
 
 
 # --------------------------------------------------------------------------- HTML
@@ -436,7 +450,8 @@ def _risk_html(impact: pd.DataFrame, kinds: pd.DataFrame, declared: pd.DataFrame
             a = min(max(float(v), 0.0), 1.0)
             bg = f"rgba(214,40,40,{0.08 + 0.8 * a:.2f})"
             fg = "#fff" if a > 0.55 else "#1d2330"
-            txt = f"accuracy {-v:+.2f}" if k == "drop" else f"ASR {v:.2f}"
+            text = impact.attrs.get("text")
+            txt = text.at[attack, d] if text is not None else f"accuracy {-v:+.2f}" if k == "drop" else f"ASR {v:.2f}"
             cells.append(f"<td style='background:{bg};color:{fg}'>{txt}</td>")
         rows.append(f"<tr><td class='l'><b>{_esc(attack)}</b></td><td class='l'>{_esc(dcl.get('goal', MISSING))}</td>"
                     f"<td class='l'>{_esc(dcl.get('adversary', MISSING))}</td><td class='l'>{_esc(dcl.get('knowledge', MISSING))}</td>"
@@ -584,7 +599,7 @@ def _single_run(page: Page, r: Run) -> None:
     h = pd.DataFrame(tidy.hospital_rows(r.name, s)) if s else pd.DataFrame()
     if not h.empty:
         h = tidy.typed(h)
-        page.plot(plots.run_hospitals, "per_hospital_accuracy", h, refs=refs)
+        page.plot(plots.run_hospitals, "per_hospital_accuracy", h)  # chance differs per hospital (label skew)
         page.raw(_table(h.drop(columns=["run"]), left={"hospital", "positive_class"}))
     else:
         page.note("Plot skipped: no per-hospital accuracy in summary.json.")
@@ -710,9 +725,10 @@ def _sweep(page: Page, runs: list[Run], complete: list[Run], t: Tables, meta: di
 
         page.h2("Threats against defenses", "threats",
                 "Each attack's declared threat model (goal, adversary, knowledge: the SoK taxonomy) and the impact "
-                "measured under each defense: for targeted attacks the attack success rate (ASR); otherwise the drop "
-                "in clean accuracy against the no-attack runs of the same column (positive = harm). Each column is "
-                "one defense with every other key that differs.")
+                "measured under each defense: for targeted attacks the lift of the attack success rate over the clean "
+                "twin (the trigger's success without the attack), or the attack success rate (ASR) where no twin was "
+                "recorded; otherwise the drop in clean accuracy against the no-attack runs of the same column "
+                "(positive = harm). Each column is one defense with every other key that differs.")
         impact, kinds, declared = threat_tables(view, keys)
         if impact.empty:
             page.note("No attacked runs: the risk matrix needs at least one attack other than none.")
@@ -736,7 +752,7 @@ def _sweep(page: Page, runs: list[Run], complete: list[Run], t: Tables, meta: di
     hosp = t.hospitals
     if not hosp.empty and "malicious" in hosp:
         hosp = hosp[~hosp["malicious"].fillna(False).astype(bool)]
-    page.plot(plots.hospital_distribution, "hospital_accuracy", hosp, keys, refs=t.refs)
+    page.plot(plots.hospital_distribution, "hospital_accuracy", hosp, keys)  # each hospital's chance differs
 
     if has_det:
         page.h2("Detection", "detection")
