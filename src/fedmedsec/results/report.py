@@ -628,15 +628,23 @@ def _failed_points(root: Path) -> list[tuple[str, str]]:
 
 
 def _run_warnings(complete: list[Run]) -> list[str]:
-    """Each distinct summary.json warning once, with the runs it was raised in."""
-    seen: dict[str, list[str]] = {}
+    """summary.json warnings, one line per kind of warning (the same text up to its numbers),
+    with how many runs raised it and which."""
+    import re
+
+    seen: dict[str, tuple[str, list[str], set[str]]] = {}
     for r in complete:
         for w in (r.summary or {}).get("warnings") or []:
-            seen.setdefault(str(w), []).append(r.name)
+            key = re.sub(r"-?\d+(\.\d+)?", "#", str(w))
+            first, names, texts = seen.setdefault(key, (str(w), [], set()))
+            texts.add(str(w))
+            if r.name not in names:
+                names.append(r.name)
     out = []
-    for w, names in seen.items():
+    for first, names, texts in seen.values():
         which = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        out.append(f"{w} ({len(names)} of {len(complete)} runs: {which})")
+        alike = " (its numbers differ between the runs; the first run's)" if len(texts) > 1 else ""
+        out.append(f"{first}{alike} — {len(names)} of {len(complete)} runs: {which}")
     return out
 
 
