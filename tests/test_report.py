@@ -446,3 +446,21 @@ def test_real_sweep_tidy_tables(real_sweep):
     # the CSV and the parquet hold the same table
     csv_t = pd.read_csv(out / "results.csv")
     assert list(csv_t.columns) == list(res.columns)
+
+
+def test_sweep_warnings_come_first_grouped_by_kind(tmp_path):
+    root = tmp_path / "w"
+    pts = []
+    for s, acc in ((0, 0.41), (1, 0.52), (2, 0.93)):
+        warn = [f"the final model is no better than always answering the majority class (accuracy {acc:.2f})"] \
+            if acc < 0.6 else []
+        fake_run(root / f"s{s}", seed=s, acc=acc, warnings=warn + ["attack.name = 'none': nothing to measure"])
+        pts.append({"run": f"s{s}", "values": {"experiment.seed": s}})
+    (root / "sweep.json").write_text(json.dumps({"axes": {"experiment.seed": [0, 1, 2]}, "points": pts}))
+    out, _, notes = build_report(root)
+    html = out.read_text()
+    box = html[html.index("class='warn'"):html.index("</div>", html.index("class='warn'"))]
+    assert html.index("class='warn'") < html.index("<img")
+    assert box.count("<li>") == 2  # two kinds of warning, not three lines
+    assert "2 of 3 runs: s0, s1" in box and "its numbers differ" in box
+    assert "3 of 3 runs" in box
