@@ -121,7 +121,7 @@ def print_warnings(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .engine import run_experiment
 
     cfg = load_config(args.config, args.set or [])
@@ -131,14 +131,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "nothing was run\n" + cfg.to_toml())
         sys.stdout.flush()
         return 0
-    out = Path(args.out) if args.out else _default_out(cfg)
-    refuse_complete_run(out, args.overwrite)
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ConfigError("--resume RUN_DIR continues that run directory: leave --out out")
+        out = Path(args.resume)
+        if (out / "summary.json").is_file():
+            raise ConfigError(f"--resume {str(out)[:200]!r}: that run is complete (summary.json exists)")
+    else:
+        out = Path(args.out) if args.out else _default_out(cfg)
+        refuse_complete_run(out, args.overwrite)
     rounds = cfg.experiment.rounds
     console.print(
         f"[bold]FedMedSec[/bold] {cfg.experiment.name}: {cfg.data.num_hospitals} hospitals on "
         f"{cfg.data.name} ({cfg.data.partition}), {rounds} rounds, attack {cfg.attack.name}, "
         f"defense {cfg.defense.name}, privacy {cfg.privacy.mode} -> {out}"
     )
+
+    for k in cfg.dropped:
+        console.print(f"[dim]note: {k} from {args.config} does not apply after the overrides; dropped[/dim]")
 
     def on_round(row: dict) -> None:
         if args.quiet:
@@ -157,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print("  clean twin: training the same federation without the attack (in-process), "
                           "so attack success can be read beside the trigger's own rate")
 
-    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start)
+    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start,
+                             resume=bool(args.resume))
     print_summary(summary, out)
     return 0
 
@@ -247,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     r.add_argument("--quiet", action="store_true", help="no per-round lines")
     r.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed round")
     r.set_defaults(func=cmd_run)
     r.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
     s = sub.add_parser("sweep", help="run a grid of experiments")

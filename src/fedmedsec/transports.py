@@ -16,8 +16,8 @@ from .streams import Stream
 from .training import load_state_vector, state_vector, train_local
 
 
-def _eval(setup: Setup, pid: int, global_vec: torch.Tensor) -> ClientEval:
-    m, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec)
+def _eval(setup: Setup, pid: int, global_vec: torch.Tensor, server_round: int) -> ClientEval:
+    m, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec, server_round)
     return ClientEval(pid, m["loss"], m["accuracy"], int(m["num-examples"]), counts=ev)
 
 
@@ -34,6 +34,13 @@ class InProcessTransport:
     def available(self, server_round: int) -> list[int]:
         return sorted(self.states)
 
+    def hospital_states(self) -> dict[int, dict[str, Any]]:
+        """What each hospital keeps across rounds (for checkpoints)."""
+        return self.states
+
+    def restore_states(self, states: dict[int, dict[str, Any]]) -> None:
+        self.states = {int(k): dict(v) for k, v in states.items()}
+
     def train(self, server_round: int, partition_ids: list[int],
               global_vec: torch.Tensor) -> list[ClientReply]:
         replies = []
@@ -45,7 +52,7 @@ class InProcessTransport:
 
     def evaluate(self, server_round: int, partition_ids: list[int],
                  global_vec: torch.Tensor) -> list[ClientEval]:
-        return [_eval(self.setup, pid, global_vec) for pid in partition_ids]
+        return [_eval(self.setup, pid, global_vec, server_round) for pid in partition_ids]
 
 
 class CentralizedTransport(InProcessTransport):

@@ -19,11 +19,15 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import ConfigError, load_config
+from ..data.base import DataError
+from ..data.partition import PartitionError
+from ..rounds import RunFailed
 from ..engine import run_experiment
 from .client_app import app as client_app
-from .transport import FlowerTransport
+from .transport import connect
 
 server_app = ServerApp()
+USER_ERRORS = (ConfigError, DataError, PartitionError, RunFailed)
 
 __all__ = ["client_app", "server_app"]
 
@@ -48,5 +52,9 @@ def main(grid: Grid, context: Context) -> None:
     def progress(row: dict) -> None:
         print(f"round {row['round']}: accuracy {row['clean_accuracy']:.3f}", flush=True)
 
-    run_experiment(cfg, out, on_round=progress, transport=lambda setup: FlowerTransport(grid, setup))
+    try:
+        run_experiment(cfg, out, on_round=progress, connect=lambda c: connect(grid, c))
+    except USER_ERRORS as e:  # a user's or a hospital's mistake: one line, no traceback
+        print(f"error: {e}", flush=True)
+        return
     print(f"run directory: {out.resolve()}", flush=True)

@@ -323,8 +323,13 @@ def write_results(out: Path, grid: Grid, points: list[Point], long: bool = True)
 
 
 def _complete(run: Path, cfg) -> bool:
-    """The run finished (summary.json) with the same resolved configuration."""
+    """The run finished (a readable summary.json) with the same resolved configuration; a
+    truncated or corrupt summary.json counts as not finished (the run is redone or resumed)."""
     if not (run / "summary.json").is_file():
+        return False
+    try:
+        json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
         return False
     try:
         old = tomllib.loads((run / "config.toml").read_text())
@@ -336,6 +341,16 @@ def _complete(run: Path, cfg) -> bool:
             "use a new --out directory or delete it"
         )
     return True
+
+
+def _resumable(run: Path, cfg) -> bool:
+    """A killed run of this point left a checkpoint of the same configuration."""
+    from ..checkpoint import RECORDS
+
+    try:
+        return json.loads((run / RECORDS).read_text()).get("config") == cfg.to_toml()
+    except (OSError, ValueError):
+        return False
 
 
 def _terminate(signum, frame) -> None:
@@ -493,7 +508,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
                 t0 = time.perf_counter()
                 try:
                     summary = run_experiment(pt.cfg, out / pt.name, verbose=verbose, on_round=on_round,
-                                             on_twin_start=on_twin)
+                                             on_twin_start=on_twin, resume=_resumable(out / pt.name, pt.cfg))
                     pt.status = "done"
                     asr = summary.get("attack_success_rate")
                     msg = (f"[green]done[/green] {pt.name}: accuracy {summary['clean_accuracy']:.3f}"

@@ -66,7 +66,7 @@ COLUMN_KINDS = {
     # rounds.csv / clients.csv / hospitals
     "round": "int", "replies": "int", "accepted": "int", "partition_id": "int", "hospital": "str",
     "malicious": "bool", "attacking": "bool", "reported_attacking": "bool", "problem": "str",
-    "num_examples": "int", "n": "int", "positive_class": "str",
+    "num_examples": "int", "n": "int", "positive_class": "str", "round_problem": "str",
 }
 #: in clients.csv ``accepted`` is a decision (bool), in rounds.csv a count
 CLIENT_KINDS = {"accepted": "bool", "status": "str"}
