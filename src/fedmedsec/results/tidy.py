@@ -10,8 +10,8 @@
 - ``rounds``: every row of every run's rounds.csv with its ``run``;
   ``dropped_replies`` is the number of replies the server refused in that round.
 - ``hospitals``: one row per (run, hospital): ``partition_id``, ``hospital`` (name),
-  ``malicious``, ``accuracy``, the clinical metrics and the membership-inference AUC on
-  that hospital's records.
+  ``malicious``, ``accuracy``, the clinical metrics, the membership-inference AUC (and TPR at
+  1% FPR) on that hospital's records and, with evasion, ``robust_accuracy_eps_<eps>``.
 - ``clients``: every row of every run's clients.csv with its ``run``.
 
 The long tables also carry the grid's axes (same names as in
@@ -34,14 +34,17 @@ import pandas as pd
 SUMMARY_SKIP = {
     "experiment", "rounds", "seed", "mode", "dataset", "attack", "defense", "privacy_mode",
     "num_hospitals", "versions", "hospital_names", "per_hospital_accuracy", "honest_hospital_accuracy",
-    "per_hospital_clinical",
+    "per_hospital_clinical", "per_hospital_robust_accuracy",
 }
 #: nested summary keys left out (class-name dependent, or repeated elsewhere)
 NESTED_SKIP = {"clinical.per_class", "membership_inference.per_hospital_auc",
-               "clean_twin.attack_success_rate"}
+               "membership_inference.per_hospital_tpr_at_1pct_fpr", "clean_twin.attack_success_rate",
+               "evasion.rows", "evasion.per_hospital"}
 PREFIX = {"membership_inference": "mia", "threat_model": "threat"}
 #: summary keys that hold a dict (or null when the run has no such section)
-SECTIONS = {"detection", "membership_inference", "threat_model", "clinical", "clean_twin", "detector", "cost"}
+SECTIONS = {"detection", "membership_inference", "threat_model", "clinical", "clean_twin", "detector", "cost",
+            "evasion", "robust_accuracy", "clean_accuracy_evasion_rows", "robust_sensitivity",
+            "targeted_evasion_success_rate", "evasion_detection_rate", "backdoor_lifespan"}
 
 #: column -> kind ("float", "int", "bool", "str"); columns that exist in every results table
 CORE = {
@@ -132,9 +135,13 @@ def hospital_rows(run: str, summary: dict) -> list[dict[str, Any]]:
     names = summary.get("hospital_names") or {}
     acc = summary.get("per_hospital_accuracy") or {}
     clin = summary.get("per_hospital_clinical") or {}
-    mia = (summary.get("membership_inference") or {}).get("per_hospital_auc") or {}
+    mia_all = summary.get("membership_inference") or {}
+    mia = mia_all.get("per_hospital_auc") or {}
+    mia_tpr = mia_all.get("per_hospital_tpr_at_1pct_fpr") or {}
+    robust = summary.get("per_hospital_robust_accuracy") or {}
     mal = {str(h) for h in summary.get("malicious_hospitals") or []}
-    ids = sorted({*names, *acc, *clin, *mia}, key=lambda h: (not str(h).isdigit(), int(h) if str(h).isdigit() else 0, str(h)))
+    ids = sorted({*names, *acc, *clin, *mia, *robust},
+                 key=lambda h: (not str(h).isdigit(), int(h) if str(h).isdigit() else 0, str(h)))
     rows = []
     for h in ids:
         c = clin.get(h) or {}
@@ -143,6 +150,10 @@ def hospital_rows(run: str, summary: dict) -> list[dict[str, Any]]:
         for k in ("n", "balanced_accuracy", "auroc", "sensitivity", "specificity", "ppv", "npv", "positive_class"):
             row[k] = c.get(k)
         row["mia_auc"] = mia.get(h)
+        if mia_tpr:
+            row["mia_tpr_at_1pct_fpr"] = mia_tpr.get(h)
+        for eps, v in sorted((robust.get(h) or {}).items()):  # evasion: worst-case robust accuracy per eps
+            row[f"robust_accuracy_eps_{eps}"] = v
         rows.append(row)
     return rows
 
