@@ -223,8 +223,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         entries = data[kind]
         console.print(f"[bold]{kind}[/bold] ({len(entries)}): {', '.join(e['name'] for e in entries)}")
         for e in entries:
-            flags = ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in e["meta"].items()
-                              if not isinstance(v, str) or len(v) < 40)
+            flags = ", ".join(k if v is True else f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}"
+                              for k, v in e["meta"].items()
+                              if v is not False and (not isinstance(v, str) or len(v) < 40))
             console.print(f"  [bold cyan]{escape(e['name'])}[/bold cyan]  {escape(e['description'])}"
                           + (f"  [dim]{escape(flags)}[/dim]" if flags else ""))
             if e["citation"]:
