@@ -30,6 +30,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .evasion.config import EvasionConfig
+from .results.tracking import TrackingConfig
 
 #: keys of the named sections that are not component parameters
 COMMON_KEYS = {
@@ -271,6 +272,7 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyNone)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _dropped: list[str] = PrivateAttr(default_factory=list)

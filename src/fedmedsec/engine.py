@@ -18,6 +18,7 @@ from .attacks import Attack
 from .config import Config, ConfigError
 from .experiment import Setup, build_setup
 from .results.run_dir import RunDir
+from .results.tracking import start_run
 from .results.summary import build_summary
 from .rounds import RunFailed, Transport, run_rounds
 from .server import Coordinator
@@ -53,18 +54,27 @@ def run_experiment(
     if restored is not None and restored[1]["config"] != cfg.to_toml():
         raise ConfigError(f"--resume {str(run.path)[:200]!r}: that run has a different configuration")
     run.write_config(cfg.to_toml())
+    tracker = start_run(cfg.to_dict(), run.path, cfg.tracking)
+    with tracker:
+        return _run(cfg, setup, run, tracker, restored, given, transport, verbose, on_round, on_twin_start, t0)
+
+
+def _run(cfg, setup, run, tracker, restored, given, transport, verbose, on_round, on_twin_start, t0) -> dict:
     chosen: list = []  # the transport, once made (its hospital states go into checkpoints)
 
     def round_done(row: dict) -> None:
         run.write_progress(co.rounds, co.clients)
         states = chosen[0].hospital_states() if chosen and hasattr(chosen[0], "hospital_states") else None
         checkpoint.save(run.path, co, states)
+        tracker.log_round(row)
         if on_round:
             on_round(row)
 
     co = Coordinator(setup, on_round=round_done)
     if restored is not None:
         checkpoint.restore(co, *restored)
+        for row in co.rounds:  # the resumed run's tracking gets the earlier rounds too
+            tracker.log_round(row)
     elif has_twin(setup):
         if on_twin_start:
             on_twin_start()
@@ -110,7 +120,10 @@ def run_experiment(
     summary = build_summary(co, time.perf_counter() - t0 + co.resume_offset, twin=co.twin)
     summary["cost"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary["resumed_at_round"] = (restored[1]["round"] + 1) if restored is not None else None
+    summary["warnings"] = list(summary.get("warnings") or []) + list(tracker.warnings)
+    summary["tracking_run_id"] = tracker.mlflow_run_id
     run.write_summary(summary)
+    tracker.finish(summary, run.path)
     return summary
 
 

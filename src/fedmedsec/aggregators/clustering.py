@@ -18,6 +18,15 @@ from ._common import client_weights, combine, cosine_matrix, generator, guarded,
 from .base import AGGREGATORS, AggregationContext, AggregationResult, honest_majority
 
 
+def canonical_order(rows: np.ndarray) -> np.ndarray:
+    """A permutation sorting the rows lexicographically (by value, not by position): library
+    clusterings (scikit-learn's agglomerative clustering, MeanShift) break exact ties by the
+    input order, so running them on the rows in this order makes the result independent of
+    how the clients were ordered (identical rows are interchangeable)."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    return np.lexsort(rows.T[::-1]) if rows.shape[1] else np.arange(len(rows))
+
+
 def _pick_largest(labels: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest cluster (labels >= 0); on equal sizes the cluster with the
     smallest ``tiebreak`` mean (a per-row float64 value independent of the row order)."""
@@ -82,9 +91,11 @@ def sign_cluster(features: np.ndarray, k: int) -> np.ndarray:
     n = features.shape[0]
     if n < 2 or np.ptp(features, axis=0).max() == 0:
         return np.ones(n, dtype=bool)
+    order = canonical_order(features)
     with threadpool_limits(1):  # n points: thread start-up would cost more than the work
-        bw = max(float(estimate_bandwidth(features, quantile=0.3)), 0.5 / k)
-        labels = MeanShift(bandwidth=bw, cluster_all=True).fit_predict(features)
+        bw = max(float(estimate_bandwidth(features[order], quantile=0.3)), 0.5 / k)
+        labels = np.empty(n, dtype=np.int64)
+        labels[order] = MeanShift(bandwidth=bw, cluster_all=True).fit_predict(features[order])
     return _pick_largest(labels, features @ np.array([1.0, 2.0, 3.0]))
 
 
@@ -145,10 +156,12 @@ def cosine_two_clusters(updates: torch.Tensor) -> np.ndarray:
     dist = (1.0 - cosine_matrix(updates)).clamp(min=0.0)
     dist.fill_diagonal_(0.0)
     dist = ((dist + dist.T) / 2).numpy()
+    order = canonical_order(updates.double().numpy())
     with threadpool_limits(1):
-        labels = AgglomerativeClustering(
+        labels = np.empty(n, dtype=np.int64)
+        labels[order] = AgglomerativeClustering(
             n_clusters=2, metric="precomputed", linkage="average"
-        ).fit_predict(dist)
+        ).fit_predict(dist[np.ix_(order, order)])
     return _pick_largest(labels, dist.mean(axis=1))
 
 
