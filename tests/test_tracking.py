@@ -222,3 +222,17 @@ def test_export_a_finished_sweep_one_run_per_point(made_run, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["a", "b", "c"]
     assert all(len(client.get_metric_history(r.info.run_id, "clean_accuracy")) == 3 for r in runs)
+
+
+def test_a_run_with_tracking_on_logs_itself(tmp_path):
+    pytest.importorskip("mlflow")
+    from fedmedsec.config import load_config
+    from fedmedsec.engine import run_experiment
+
+    cfg = load_config(raw={}, overrides=["simulation.backend=inprocess", "experiment.rounds=2",
+                                         "experiment.mia=false", "tracking.mlflow=true"])
+    s = run_experiment(cfg, tmp_path / "run")
+    assert s["tracking_run_id"] and (tmp_path / "run" / "mlruns").is_dir()
+    off = run_experiment(load_config(raw={}, overrides=["simulation.backend=inprocess", "experiment.rounds=1",
+                                                        "experiment.mia=false"]), tmp_path / "off")
+    assert off["tracking_run_id"] is None and not (tmp_path / "off" / "mlruns").exists()
