@@ -480,6 +480,15 @@ for _name, _fn, _meta in (
 ATTACK_NAMES = tuple(EVASION_ATTACKS.names())
 
 
+@functools.lru_cache(maxsize=1)
+def have_torchattacks() -> bool:
+    """Is torchattacks importable? (It is in requirements.lock; without it the reference
+    implementations run and torchattacks-only attacks are refused in one line.)"""
+    import importlib.util
+
+    return importlib.util.find_spec("torchattacks") is not None
+
+
 def check_attacks(attacks: Sequence[str], *, num_classes: int, domain: InputDomain | None = None,
                   targeted: bool = False) -> None:
     """Raise a one-line ValueError if an attack in ``evasion.attacks`` cannot run on this
@@ -489,6 +498,9 @@ def check_attacks(attacks: Sequence[str], *, num_classes: int, domain: InputDoma
         if a not in EVASION_ATTACKS:
             raise ValueError(f"evasion.attacks: unknown attack {a!r}; choose from {', '.join(ATTACK_NAMES)}")
         meta = EVASION_ATTACKS.get(a).meta
+        if EVASION_ATTACKS.get(a).obj is None and not have_torchattacks():
+            raise ValueError(f"evasion.attacks: {a!r} needs torchattacks, which is not installed "
+                             "(pip install --no-deps torchattacks==3.5.1)")
         need = meta["min_classes_targeted"] if targeted else meta["min_classes"]
         if need is None:
             raise ValueError(f"evasion.attacks: {a!r} has no targeted mode; use apgd or pgd with evasion.targeted")
@@ -527,7 +539,7 @@ def run_attack(
     if eps == 0.0 or x0.shape[0] == 0:
         return x0.clone()
     meta = EVASION_ATTACKS.get(name).meta
-    ta_ok = domain.scalar_range is not None and norm in (
+    ta_ok = have_torchattacks() and domain.scalar_range is not None and norm in (
         meta["ta_targeted"] if targeted_label is not None else meta["ta"])
     if backend == "torchattacks" and not ta_ok:
         raise ValueError(f"backend torchattacks cannot run {name!r} ({norm}, "
@@ -538,7 +550,9 @@ def run_attack(
                              num_classes=num_classes, restarts=restarts, step_size=step_size)
     fn = EVASION_ATTACKS.get(name).obj
     if fn is None:
-        raise ValueError(f"evasion.attacks: {name!r} runs only through torchattacks")
+        raise ValueError(f"evasion.attacks: {name!r} runs only through torchattacks"
+                         + ("" if have_torchattacks() else ", which is not installed (pip install --no-deps "
+                            "torchattacks==3.5.1; its torchvision requirement is not needed)"))
     kw = dict(eps=eps, norm=norm, domain=domain, targeted_label=targeted_label)
     if name == "fgsm":
         return fn(model, x0, yt, **kw)
