@@ -53,8 +53,11 @@ def run_experiment(
             on_twin_start()
         twin = clean_twin(setup)
         co.twin_asr = twin["asr"]
+    extra_cost: dict = {}  # what the transport measured (e.g. the Ray process tree's memory)
     if transport is not None:
-        run_rounds(co, transport(setup))
+        tr = transport(setup)
+        run_rounds(co, tr)
+        extra_cost = tr.cost() if hasattr(tr, "cost") else {}
     elif cfg.experiment.mode == "centralized":
         from .transports import CentralizedTransport
 
@@ -66,12 +69,16 @@ def run_experiment(
     else:
         from .flower.simulation import run_on_ray
 
-        run_on_ray(co, verbose=verbose)
+        extra_cost = run_on_ray(co, verbose=verbose)
     if len(co.rounds) != cfg.experiment.rounds:
         raise RunFailed(
             f"the federation stopped after {len(co.rounds)} of {cfg.experiment.rounds} rounds"
         )
     summary = build_summary(co, time.perf_counter() - t0, twin=twin)
     summary["cost"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the whole process tree: the driver alone, or what the transport sampled (Ray's processes)
+    tree = extra_cost.pop("peak_rss_tree_mb", None) or 0.0
+    summary["cost"]["peak_rss_tree_mb"] = max(summary["cost"]["peak_rss_mb"], tree)
+    summary["cost"].update({k: v for k, v in extra_cost.items() if v is not None})
     run.write_summary(summary)
     return summary
