@@ -55,6 +55,20 @@ def _norm(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+def _contract_problems(run_dir: Path) -> list[str]:
+    """The shared results-contract checker's problems for ``run_dir`` ([] when the checker is
+    not on this machine: the rest of the test still runs)."""
+    import importlib.util
+
+    for path in (ROOT.parent / "shared" / "tools" / "check_run_dir.py", Path("/work/shared/tools/check_run_dir.py")):
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("check_run_dir", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod.check(run_dir)
+    return []
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
@@ -285,13 +299,13 @@ def _cli_run(out: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_quickstart_runs_on_ray_and_is_reproducible(tmp_path, check_run_dir):
+def test_quickstart_runs_on_ray_and_is_reproducible(tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         r = _cli_run(out, "experiment.rounds=4")
         assert r.returncode == 0, r.stderr[-2000:]
         assert "round 4/4" in r.stdout and "clean accuracy" in r.stdout
-        assert check_run_dir(out) == []
+        assert _contract_problems(out) == []
     s = json.loads((runs[0] / "summary.json").read_text())
     assert s["rounds"] == 4 and s["clean_accuracy"] > 0.8
     assert set(s["per_hospital_accuracy"]) == {str(i) for i in range(10)}
@@ -373,12 +387,12 @@ def test_a_sweep_runs_every_point_on_one_simulation_with_the_numbers_of_separate
 
 
 @pytest.mark.slow
-def test_flwr_run_uses_the_same_apps(tmp_path, check_run_dir):
+def test_flwr_run_uses_the_same_apps(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     out = tmp_path / "run"
     output = _flwr_run(env, 10, f'config="configs/quickstart.toml" num-server-rounds=2 out="{out}"')
     assert (out / "summary.json").is_file(), output[-3000:]
-    assert check_run_dir(out) == []
+    assert _contract_problems(out) == []
     s = json.loads((out / "summary.json").read_text())
     assert s["rounds"] == 2 and s["clean_accuracy"] > 0.5
     assert s["cost"]["peak_rss_mb"] > 0  # the same entry point as `fedmedsec run`

@@ -393,6 +393,12 @@ class RaySimulation:
         quiet_flower(self.verbose)
         if self.ray_address:
             check_ray_address(self.ray_address)
+        else:  # a local Ray gets this machine's CPUs: refuse an impossible client before starting it
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            if self.num_cpus > cpus:
+                raise ConfigError(f"simulation.num_cpus_per_client = {self.num_cpus:g}: this machine has {cpus} "
+                                  "CPUs for a local Ray; lower it (or give simulation.ray_address of a cluster)",
+                                  key="simulation.num_cpus_per_client")
         try:
             self._watchdog = _Watchdog()
             self._init_ray()

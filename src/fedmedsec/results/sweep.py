@@ -16,8 +16,9 @@ component keys the chosen component does not take (``attack.z`` for ``label_flip
 dropped for that point; points that then resolve to the same configuration are run once.
 A point whose configuration is still invalid is recorded as failed with its one-line error.
 
-Every point runs in this one process (Python, torch and Flower are imported once); on the
-Ray backend Flower starts and stops a local Ray for each run.
+Every point runs in this one process (Python, torch and Flower are imported once); points on
+the Ray backend share one Flower simulation (Ray, its actors and their imports start once,
+``flower.simulation.SimulationPool``) while their simulation settings stay the same.
 """
 
 from __future__ import annotations
@@ -348,6 +349,9 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
         if pt.status == "failed":
             console.print(f"  [yellow]invalid[/yellow] {pt.name}: {pt.error}")
 
+    from ..flower.simulation import SimulationPool
+
+    pool = SimulationPool(verbose=verbose)  # one Ray simulation for every point that needs one
     old_term = None
     if hasattr(signal, "SIGTERM"):
         try:  # `kill PID` ends the sweep like Ctrl-C: the table is written
@@ -369,7 +373,8 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
 
                 t0 = time.perf_counter()
                 try:
-                    summary = run_experiment(pt.cfg, out / pt.name, verbose=verbose, on_round=on_round)
+                    summary = run_experiment(pt.cfg, out / pt.name, verbose=verbose, on_round=on_round,
+                                             transport=pool.transport_for(pt.cfg))
                     pt.status = "done"
                     asr = summary.get("attack_success_rate")
                     progress.console.print(
@@ -384,6 +389,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
                 progress.advance(task)
                 write_results(out, keys, points)  # the table is current after every run
     finally:
+        pool.close()
         write_results(out, keys, points)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
