@@ -416,6 +416,7 @@ def test_flwr_run_with_too_few_supernodes_fails_fast(tmp_path):
 def _flwr_run(env: dict, supernodes: int, run_config: str) -> str:
     cmd = [str(Path(sys.executable).with_name("flwr")), "run", ".", "--stream", "--federation-config",
            f"num-supernodes={supernodes}", "--run-config", run_config]
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}  # flower-superlink
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
