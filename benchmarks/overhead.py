@@ -5,8 +5,12 @@ The same experiment on both backends (identical numbers, tested): synthetic ECG
 (100 sites x 200 records, iid over N hospitals, GroupNorm 1D CNN), 5 rounds of 1 local
 epoch, every hospital trains and evaluates every round, so the training work is the same
 for every N and only the per-hospital overhead grows. 10,000 hospitals (opt-in) use
-100 sites x 400 records (three training records per hospital at least) and sample 100
-hospitals per round (``experiment.fraction_train = 0.01``).
+100 sites x 400 records (three training records per hospital at least), sample 100
+hospitals per round (``experiment.fraction_train = 0.01``), keep 2 rhythm classes and let the
+hospitals evaluate in the last round only (``experiment.eval_every = 5``; the server
+evaluates every round): each hospital's evaluation is held on the server with a dense
+[C, C, 4096] int64 score histogram (``metrics.ClassificationCounts``), 512 KiB for 4 classes,
+so 10,000 hospitals evaluated every round need over 10 GB on the server on either backend.
 
 For each N, each repeat runs the in-process backend and then Flower on Ray (alternating the
 order on odd repeats): wall seconds of ``run_experiment`` (Ray's start and stop included),
@@ -76,7 +80,7 @@ def config_for(n: int, rounds: int, dataset: str):
             f"data.records_per_site={records}", f"experiment.rounds={rounds}", "train.local_epochs=1",
             "experiment.mia=false"]
     if n > 5000:
-        over.append("experiment.fraction_train=0.01")
+        over += ["experiment.fraction_train=0.01", "data.num_classes=2", f"experiment.eval_every={rounds}"]
     return load_config(ROOT / "configs" / "ecg_synthetic.toml", over)
 
 
@@ -91,7 +95,8 @@ def timed_run(cfg, backend: str) -> dict:
         with open(Path(d) / "rounds.csv") as fh:
             per_round = [float(r["round_seconds"]) for r in csv.DictReader(fh)]
     return {"wall": wall, "round": statistics.mean(per_round), "rounds": sum(per_round), "mem": mem.peak,
-            "acc": s["clean_accuracy"], "start": s["cost"].get("simulation_start_seconds")}
+            "acc": s["clean_accuracy"], "start": s["cost"].get("simulation_start_seconds"),
+            "tree": s["cost"]["peak_rss_tree_mb"]}
 
 
 def main() -> int:
@@ -121,7 +126,8 @@ def main() -> int:
             a, b = res["inprocess"][-1], res["ray"][-1]
             assert a["acc"] == b["acc"], (a["acc"], b["acc"])  # the same numbers on both backends
             print(f"  {n} hospitals, repeat {i + 1}: in-process {a['wall']:.1f} s, Ray {b['wall']:.1f} s "
-                  f"(start {b['start']:.1f} s), ratio {b['wall'] / a['wall']:.2f}, load {os.getloadavg()[0]:.1f}",
+                  f"(start {b['start']:.1f} s), ratio {b['wall'] / a['wall']:.2f}; summary peak_rss_tree_mb "
+                  f"{a['tree']:.0f} / {b['tree']:.0f}; load {os.getloadavg()[0]:.1f}",
                   flush=True)
         rows.append((n, res))
     print(f"\n{'hospitals':>9} {'in-proc s':>9} {'Ray s':>7} {'ratio':>13} {'s/round in':>10} {'s/round Ray':>11} "

@@ -1,7 +1,8 @@
-"""The round loop's transport over a Flower ``Grid`` (Message API): the same code reaches
-simulated hospitals (a Flower simulation on Ray) and real SuperNodes (a deployment through a
-SuperLink). It only converts between model vectors and messages; everything else happens
-in the ``Coordinator``.
+"""The round loop's transport over a Flower ``Grid`` (Message API), one SuperNode per
+hospital: real SuperNodes (a deployment through a SuperLink) and ``flwr run .`` simulations.
+It only converts between model vectors and messages; everything else happens in the
+``Coordinator``. (``fedmedsec run`` on Ray uses ``batched.BatchedFlowerTransport``: a few
+simulated nodes that each serve a share of the hospitals, with the same message records.)
 
 A real federation changes while it runs: each round offers only the hospitals connected
 now, picks up hospitals that (re)joined, and a sampled hospital that has not replied after
