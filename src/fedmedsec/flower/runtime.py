@@ -302,7 +302,7 @@ class _Watchdog:
             self.proc = subprocess.Popen(
                 [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, bufsize=0)  # unbuffered: select() sees every answer line
         except OSError:
             self.proc = None
             return
