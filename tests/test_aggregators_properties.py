@@ -1,10 +1,12 @@
 """Property tests (hypothesis) over every registered aggregation rule.
 
-Data come from seeded Gaussian draws (no ties); rules run with small n and d.
+Data come from seeded Gaussian draws, and from small integer grids for ties and duplicates;
+rules run with small n and d.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -176,3 +178,109 @@ def test_geometric_median_resists_outliers(case):
     out = rule("geometric_median")(X, ctx_for(X, f)).aggregate
     spread = float((honest - honest.mean(0)).norm(dim=1).max())
     assert float((out - honest.mean(0)).norm()) < 10 * spread + 1.0
+
+
+# ---------------------------------------------------------------- Krum: exact argmin
+def brute_krum_scores(X: np.ndarray, f: int) -> np.ndarray:
+    """score(i) = sum of the n - f - 2 smallest ||x_i - x_j||^2, j != i; O(n^2 d) float64 loops."""
+    n = len(X)
+    k = n - f - 2
+    out = []
+    for i in range(n):
+        ds = sorted(float(((X[i] - X[j]) ** 2).sum()) for j in range(n) if j != i)
+        out.append(sum(ds[:k]))
+    return np.array(out)
+
+
+@st.composite
+def near_ties(draw):
+    """float64 rows on a small integer grid plus perturbations of 1e-9 .. 1e-6: many scores
+    equal or within a 1e-6 relative tolerance of each other (where TIE_RTOL used to decide)."""
+    n = draw(st.integers(4, 10))
+    f = draw(st.integers(0, (n - 3) // 2))
+    d = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31 - 1))
+    eps = draw(st.sampled_from([0.0, 1e-9, 1e-8, 1e-7, 1e-6]))
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(n, d)) * 2) + rng.normal(size=(n, d)) * eps
+    return X, f
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_ties(), st.randoms(use_true_random=False))
+def test_krum_selects_the_brute_force_minimum(case, rnd):
+    """The selected row's brute-force float64 score equals the minimum score, up to the float64
+    rounding of the brute force itself (4 (d + 8) 2^-53 relative), in any row order."""
+    X, f = case
+    S = brute_krum_scores(X, f)
+    tol = 4 * (X.shape[1] + 8) * 2.0**-53 * max(float(S.min()), 1e-300)
+    perm = list(range(len(X)))
+    rnd.shuffle(perm)
+    outs = []
+    for p in (list(range(len(X))), perm):
+        res = rule("krum")(torch.tensor(X[p]), AggregationContext(f=f))
+        i = p[int(torch.nonzero(res.weights)[0])]
+        assert S[i] <= S.min() + tol
+        outs.append(res.aggregate)
+    assert torch.equal(outs[0], outs[1])  # exact ties: the same row value in any order
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_ties())
+def test_multi_krum_selects_the_m_brute_force_smallest(case):
+    X, f = case
+    S = brute_krum_scores(X, f)
+    m = len(X) - f
+    res = rule("multi_krum")(torch.tensor(X), AggregationContext(f=f))
+    sel = torch.nonzero(res.weights).flatten().numpy()
+    assert len(sel) == m
+    tol = 4 * (X.shape[1] + 8) * 2.0**-53 * max(float(np.sort(S)[m - 1]), 1e-300)
+    assert S[sel].max() <= np.sort(S)[m - 1] + tol
+
+
+# ---------------------------------------------------------------- ties and duplicates
+@st.composite
+def tied(draw):
+    """float32 rows drawn from a few distinct rows (duplicates) with small-integer entries."""
+    n = draw(st.integers(3, 11))
+    f = draw(st.integers(0, max(0, (n - 3) // 4)))
+    d = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(-3, 4, (draw(st.integers(1, 4)), d), generator=g).float()
+    X = base[torch.randint(0, base.shape[0], (n,), generator=g)]
+    return X, f
+
+
+#: rules whose library clustering may split exactly tied points by their input order
+ORDER_SENSITIVE_ON_TIES = {"flame", "signguard", "clipped_clustering", "dnc"}
+
+
+@SETTINGS
+@given(tied(), st.sampled_from([r for r in ALL if r not in ORDER_SENSITIVE_ON_TIES]),
+       st.randoms(use_true_random=False))
+def test_permutation_invariance_with_ties_and_duplicates(problem, name, rnd):
+    X, f = problem
+    n = X.shape[0]
+    perm = list(range(n))
+    rnd.shuffle(perm)
+    p = torch.tensor(perm)
+    agg = rule(name, **NOISELESS.get(name, {}))
+    ref = X.mean(0) + 1.0
+    a = agg(X, ctx_for(X, f, reference=ref)).aggregate
+    b = agg(X[p], ctx_for(X[p], f, reference=ref, ids=tuple(perm))).aggregate
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- SignGuard, ClippedClustering
+@SETTINGS
+@given(attacked(), st.sampled_from(["signguard", "clipped_clustering"]))
+def test_clustering_rules_bound_the_aggregate_by_an_honest_norm(case, name):
+    """f < n/4 rows at ~1e6: both rules clip every kept row to the median norm, an honest norm
+    under an honest majority, so the aggregate's norm is at most the largest honest norm (the
+    mean, the control above, is dragged to ~1e6); SignGuard's norm filter drops the huge rows."""
+    X, f, honest = case
+    res = rule(name)(X, ctx_for(X, f))
+    assert float(res.aggregate.norm()) <= float(honest.norm(dim=1).max()) * (1 + 1e-5)
+    if name == "signguard":
+        assert (res.weights[:f] == 0).all()

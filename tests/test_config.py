@@ -137,5 +137,5 @@ def test_checks_that_need_the_data_happen_at_setup():
 
 def test_resolved_config_lists_every_component_key():
     d = load_config(raw={}, overrides=["attack.name=backdoor", "attack.fraction=0.2"]).to_dict()
-    assert {"target_label", "poison_fraction"} <= set(d["attack"])
+    assert {"poison_fraction", "trigger_size", "boost"} <= set(d["attack"])
     assert "hidden" in d["model"]

@@ -144,7 +144,7 @@ def test_ecg_synthetic_hospitals_differ_and_skew():
 
 def test_ecg_synthetic_param_errors():
     with pytest.raises(ValidationError):
-        ECGSyntheticParams(num_classes=5)
+        ECGSyntheticParams(num_classes=9)
     with pytest.raises(ValidationError):
         ECGSyntheticParams(bogus=1)
 

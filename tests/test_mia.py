@@ -201,3 +201,22 @@ def test_lira_detects_memorisation_and_not_a_non_member_model():
     res0, _ = lira_offline(outsider, xt, yt, member, 400, train_shadow,
                            np.random.default_rng(0), k=4)
     assert abs(res0.auc - 0.5) < 0.12
+
+
+def test_merged_hospital_audits_equal_the_pooled_loss_attack():
+    from fedmedsec.privacy.mia import histogram_of, hospital_audit, roc_from_histograms
+
+    m = mlp(0)
+    audits, lm, ln = [], [], []
+    for h in range(4):
+        x, y = random_label_task(h, 30)
+        xt, yt = random_label_task(h + 10, 20)
+        audits.append(hospital_audit(m, (x, y), (xt, yt)))
+        lm.append(per_example_losses(m, x, y))
+        ln.append(per_example_losses(m, xt, yt))
+    pooled = loss_threshold_attack(np.concatenate(lm), np.concatenate(ln))
+    merged = roc_from_histograms(sum(histogram_of(a, "members") for a in audits),
+                                 sum(histogram_of(a, "nonmembers") for a in audits))
+    assert merged.auc == pytest.approx(pooled.auc, abs=2e-3)
+    assert merged.n_members == 120 and merged.n_nonmembers == 80
+    assert all(a["auc"] is not None for a in audits)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import sys
-import types
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -29,8 +28,15 @@ import torch
 from fedmedsec.attacks import AttackContext, make_attack
 from fedmedsec.attacks.data import neurotoxin_mask
 from fedmedsec.attacks.model import (
-    alie_update, fang_krum, fang_trimmed_mean, gaussian_update, ipm_update, min_max_update,
-    min_sum_update, scale_update, sign_flip_update,
+    alie_update,
+    fang_krum,
+    fang_trimmed_mean,
+    gaussian_update,
+    ipm_update,
+    min_max_update,
+    min_sum_update,
+    scale_update,
+    sign_flip_update,
 )
 from fedmedsec.attacks.model.alie import alie_z
 from fedmedsec.attacks.model.fang import fang_trimmed_mean_partial
@@ -422,31 +428,18 @@ def test_neurotoxin_mask_reference(label):
 
 @pytest.fixture(scope="module")
 def byzfl():
-    """ByzFL's attack module without its top-level import (which needs torchvision): a bare
-    package object stands in for ``byzfl`` so only ``byzfl.attacks`` / ``utils`` /
-    ``aggregators`` load; sys.modules is restored afterwards."""
-    spec = importlib.util.find_spec("byzfl")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("byzfl is not installed")
-    saved = {k: v for k, v in sys.modules.items() if k == "byzfl" or k.startswith("byzfl.")}
-    for k in saved:
-        del sys.modules[k]
-    pkg = types.ModuleType("byzfl")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules["byzfl"] = pkg
+    """ByzFL's attack module without its top-level import (which needs torchvision), through
+    the same loader as the aggregator anchors (``benchmarks/aggregators.py:load_byzfl``: a
+    bare package object stands in for ``byzfl``)."""
+    spec = importlib.util.spec_from_file_location(
+        "fms_bench_aggregators", Path(__file__).resolve().parents[1] / "benchmarks" / "aggregators.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     try:
-        mod = importlib.import_module("byzfl.attacks.attacks")
+        bench.load_byzfl()
+        return importlib.import_module("byzfl.attacks.attacks")
     except Exception as exc:  # noqa: BLE001  (skip with the reason, whatever broke)
-        mod = None
-        reason = f"byzfl.attacks could not be imported without torchvision: {exc!r}"
-    try:
-        if mod is None:
-            pytest.skip(reason)
-        yield mod
-    finally:
-        for k in [k for k in sys.modules if k == "byzfl" or k.startswith("byzfl.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+        pytest.skip(f"byzfl.attacks could not be imported: {exc!r}")
 
 
 @pytest.mark.parametrize("label", [lb for lb in LABELS if lb != "single"])

@@ -168,3 +168,21 @@ def test_inprocess_run_reports_loss_and_lira_membership_inference(tmp_path, chec
     assert mia["attack"] == "loss_threshold" and 0 <= mia["auc"] <= 1
     assert mia["lira"]["attack"] == "lira_offline" and mia["lira"]["shadows"] == 4
     assert 0 <= mia["lira"]["auc"] <= 1 and 0 <= mia["lira"]["tpr_at_1pct_fpr"] <= 1
+
+
+def test_a_failed_precondition_in_a_round_is_recorded_not_raised():
+    """Dropped replies leave Krum fewer rows than it needs (n > 2f + 2): the round keeps the
+    global model and says why; bucketing halves the rows the same way."""
+    for overrides, n_valid in ((["defense.name=krum", "defense.f=2"], 5),
+                               (["defense.name=krum", "defense.f=2", 'defense.pre=["bucketing"]'], 10)):
+        co = _co(*overrides, "data.num_hospitals=20") if n_valid == 10 else _co(*overrides)
+        g = co.global_vec.clone()
+        ids = list(range(co.setup.n))
+        co.sample(1, ids)
+        replies = [ClientReply(i, g + 0.01 * (i + 1), 10) for i in ids[:n_valid]]
+        replies += [ClientReply(i, None, 0, problem="no reply") for i in ids[n_valid:]]
+        co.aggregate(1, replies)
+        assert torch.equal(co.global_vec, g)
+        row = co.end_round(1, [], 0.0)
+        assert row["round_problem"].startswith("precondition failed: krum needs n > 2f + 2"), row["round_problem"]
+        assert row["accepted"] == 0

@@ -5,6 +5,8 @@ Ray) so they take seconds."""
 from __future__ import annotations
 
 import io
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -139,13 +141,16 @@ def test_flatten_summary():
                            "membership_inference": {"auc": 0.6}, "threat_model": None,
                            "malicious_hospitals": [1, 2], "versions": {"x": 1}})
     assert row == {"clean_accuracy": 0.9, "detection_tpr": 1.0, "detection_fpr": 0.0, "mia_auc": 0.6,
-                   "malicious_hospitals": "1,2"}
+                   "malicious_hospitals": "[1, 2]", "malicious_count": 2}
 
 
 def test_example_grid_table_resume_and_report(tmp_path):
     grid, out = write_grid(tmp_path), tmp_path / "sweep"
     pts, log = sweep(grid, out)
     assert [p.status for p in pts] == ["done"] * 8
+    # not a terminal: one plain line per finished run with elapsed time and ETA, no squashed bar
+    done = [ln for ln in log.splitlines() if "] done " in ln]
+    assert len(done) == 8 and done[0].startswith("  [1/8] done ") and re.search(r"ETA \d+:\d\d:\d\d$", done[-1])
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 8 and len(pd.read_parquet(out / "results.parquet")) == 8
     for col in ("attack.name", "defense.name", "experiment.seed", "clean_accuracy",
@@ -174,3 +179,43 @@ def test_example_grid_table_resume_and_report(tmp_path):
 
     html, images, _ = build_report(out)
     assert images >= 3 and html.read_text().count("data:image/png;base64,") == images
+
+
+def test_set_applies_to_every_point_is_recorded_and_tables_are_tidy(tmp_path):
+    g = write_grid(tmp_path, text=f"""
+base = "{QUICKSTART}"
+[grid]
+"defense.name" = ["fedavg", "median"]
+[fixed]
+"simulation.backend" = "inprocess"
+"experiment.rounds" = 3
+"data.num_hospitals" = 4
+""")
+    out = tmp_path / "out"
+    pts, _ = sweep(g, out, overrides=["experiment.rounds=1", "experiment.mia=false"])
+    assert [p.status for p in pts] == ["done", "done"]
+    assert all(p.cfg.experiment.rounds == 1 and p.cfg.experiment.mia is False for p in pts)  # -s wins over [fixed]
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["overrides"] == {"experiment.rounds": 1, "experiment.mia": False}
+    assert meta["fixed"]["experiment.rounds"] == 3  # the grid file's own, as written
+    res = pd.read_parquet(out / "results.parquet")
+    # one column per resolved key, fixed and -s keys included, no summary repeats
+    assert {"experiment.rounds", "experiment.mia", "simulation.backend", "data.num_hospitals", "train.lr"} <= set(res)
+    assert not {"attack", "defense", "seed", "privacy_mode", "rounds", "dataset", "dropped"} & set(res)
+    assert not any(c.startswith("per_hospital") for c in res)
+    # fixed dtypes: counts are integers, flags booleans, an all-null metric is float, text is text
+    assert str(res["experiment.rounds"].dtype) == "Int64" and str(res["experiment.mia"].dtype) == "boolean"
+    assert res["epsilon"].dtype == "float64" and res["epsilon"].isna().all()
+    assert res["attack_success_rate"].dtype == "float64" and res["mia_auc"].dtype == "float64"
+    assert pd.api.types.is_string_dtype(res["warnings"]) and str(res["warning_count"].dtype) == "Int64"
+    rounds = pd.read_parquet(out / "rounds.parquet")
+    assert list(rounds["run"]) == [p.name for p in pts] and "defense.name" in rounds
+    assert "dropped_replies" in rounds and "dropped" not in rounds
+    hosp = pd.read_parquet(out / "hospitals.parquet")
+    assert len(hosp) == 2 * 4 and str(hosp["partition_id"].dtype) == "Int64"
+    assert hosp.groupby("defense.name").accuracy.count().to_dict() == {"fedavg": 4, "median": 4}
+    clients = pd.read_parquet(out / "clients.parquet")
+    assert str(clients["accepted"].dtype) == "boolean" and str(clients["malicious"].dtype) == "boolean"
+    # a -s that names a grid axis is refused
+    with pytest.raises(ConfigError, match="is a \\[grid\\] axis"):
+        sweep(g, tmp_path / "o2", overrides=["defense.name=krum"])

@@ -1,4 +1,8 @@
-"""``fedmedsec`` command line: run | sweep | report | list."""
+"""``fedmedsec`` command line: run | sweep | report | list, and ``--version``.
+
+Output that is not a terminal (a log file, a pipe, CI) is never wrapped: every line is
+printed as long as it is, and the sweep's progress bar becomes one line per finished run.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,44 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+#: width of a console that is not a terminal (tables; plain lines are never wrapped)
+LOG_WIDTH = 250
+
+
+def make_console(*, stderr: bool = False, file=None) -> Console:
+    """A console at the terminal's width; when output is not a terminal, one that never
+    wraps (soft wrap: each line as long as it is) and lays tables out up to LOG_WIDTH."""
+    c = Console(highlight=False, stderr=stderr, file=file)
+    if not c.is_terminal:
+        c = Console(highlight=False, stderr=stderr, file=file, soft_wrap=True, width=max(c.width, LOG_WIDTH))
+    return c
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("fedmedsec")
+    except md.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are user mistakes (one line, exit 2); only from modules already
+    imported, so that an error of a light command does not import torch to be printed."""
     from .config import ConfigError
-    from .data.base import DataError
-    from .data.partition import PartitionError
-    from .engine import RunFailed
 
-    return (ConfigError, DataError, PartitionError, RunFailed)
+    errs: list[type[BaseException]] = [ConfigError]
+    for mod, name in (("fedmedsec.data.base", "DataError"), ("fedmedsec.data.partition", "PartitionError"),
+                      ("fedmedsec.rounds", "RunFailed")):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, name):
+            errs.append(getattr(m, name))
+    return tuple(errs)
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -89,18 +121,34 @@ def print_warnings(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .engine import run_experiment
 
     cfg = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else _default_out(cfg)
-    refuse_complete_run(out, args.overwrite)
+    if args.dry_run:
+        sets = "".join(f" -s {o}" for o in args.set or [])
+        sys.stdout.write(f"# fedmedsec run {args.config}{sets} --dry-run: the resolved configuration; "
+                         "nothing was run\n" + cfg.to_toml())
+        sys.stdout.flush()
+        return 0
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ConfigError("--resume RUN_DIR continues that run directory: leave --out out")
+        out = Path(args.resume)
+        if (out / "summary.json").is_file():
+            raise ConfigError(f"--resume {str(out)[:200]!r}: that run is complete (summary.json exists)")
+    else:
+        out = Path(args.out) if args.out else _default_out(cfg)
+        refuse_complete_run(out, args.overwrite)
     rounds = cfg.experiment.rounds
     console.print(
         f"[bold]FedMedSec[/bold] {cfg.experiment.name}: {cfg.data.num_hospitals} hospitals on "
         f"{cfg.data.name} ({cfg.data.partition}), {rounds} rounds, attack {cfg.attack.name}, "
         f"defense {cfg.defense.name}, privacy {cfg.privacy.mode} -> {out}"
     )
+
+    for k in cfg.dropped:
+        console.print(f"[dim]note: {k} from {args.config} does not apply after the overrides; dropped[/dim]")
 
     def on_round(row: dict) -> None:
         if args.quiet:
@@ -110,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  round {row['round']:>{len(str(rounds))}}/{rounds}  accuracy {_fmt(row['clean_accuracy'])}"
             f"  worst hospital {_fmt(row['worst_hospital_accuracy'])}"
             + (f"  attack success {_fmt(asr)}" if asr is not None else "")
-            + (f"  dropped {row['dropped']}" if row.get("dropped") else "")
+            + (f"  dropped replies {dropped}" if (dropped := row.get("dropped_replies", row.get("dropped"))) else "")
             + f"  {row['round_seconds']:.2f} s"
         )
 
@@ -119,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print("  clean twin: training the same federation without the attack (in-process), "
                           "so attack success can be read beside the trigger's own rate")
 
-    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start)
+    summary = run_experiment(cfg, out, verbose=args.verbose, on_round=on_round, on_twin_start=on_twin_start,
+                             resume=bool(args.resume))
     print_summary(summary, out)
     return 0
 
@@ -135,12 +184,55 @@ def refuse_complete_run(out: Path, overwrite: bool) -> None:
                           "pass --overwrite")
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from .components import registry_for
+def _param_line(p: dict) -> str:
+    from rich.markup import escape
 
-    for section in ("data", "model", "attack", "defense", "defense.pre"):
-        reg = registry_for(section)
-        console.print(f"[bold]{section}[/bold]: {', '.join(reg.names())}")
+    default = "required" if p.get("required") else json_text(p.get("default"))
+    cons = f"  ({p['constraints']})" if p.get("constraints") else ""
+    d = p.get("description") or ""
+    desc = f"  {d if len(d) <= 110 else d[:110].rsplit(' ', 1)[0] + ' …'}" if d else ""
+    return escape(f"      {p['name']}: {p['type']} = {default}{cons}{desc}")
+
+
+def json_text(v) -> str:
+    """A default as it would be written in a config (None: leave the key out)."""
+    import json
+
+    return "None" if v is None else json.dumps(v) if isinstance(v, (str, list, dict, bool)) else str(v)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Components with their parameters, description and citation (``catalogue.py``: cached,
+    so a listing does not import torch)."""
+    from rich.markup import escape
+
+    from . import catalogue
+    from .config import ConfigError
+
+    try:
+        kinds = [catalogue.resolve_kind(args.kind)] if args.kind else list(catalogue.KINDS)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    data, _ = catalogue.load(refresh=args.refresh)
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps({k: data[k] for k in kinds}, indent=1) + "\n")
+        return 0
+    for kind in kinds:
+        entries = data[kind]
+        console.print(f"[bold]{kind}[/bold] ({len(entries)}): {', '.join(e['name'] for e in entries)}")
+        for e in entries:
+            flags = ", ".join(k if v is True else f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}"
+                              for k, v in e["meta"].items()
+                              if v is not False and (not isinstance(v, str) or len(v) < 40))
+            console.print(f"  [bold cyan]{escape(e['name'])}[/bold cyan]  {escape(e['description'])}"
+                          + (f"  [dim]{escape(flags)}[/dim]" if flags else ""))
+            if e["citation"]:
+                console.print(f"      [dim]cite:[/dim] {escape(e['citation'])}")
+            for p in e["params"]:
+                console.print(_param_line(p))
+        console.print("")
     return 0
 
 
@@ -158,6 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmedsec", description="Security testbed for federated learning across hospitals.")
+    p.add_argument("--version", action="version", version=f"fedmedsec {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment")
     r.add_argument("config", help="experiment TOML file")
@@ -166,16 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     r.add_argument("--quiet", action="store_true", help="no per-round lines")
     r.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed round")
     r.set_defaults(func=cmd_run)
+    r.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
     s = sub.add_parser("sweep", help="run a grid of experiments")
     s.add_argument("grid", help="grid TOML file")
-    s.add_argument("--out", required=True, help="sweep directory")
+    s.add_argument("--out", help="sweep directory (required unless --dry-run)")
+    s.add_argument("-s", "--set", action="append", metavar="KEY=VALUE",
+                   help="applied to every point like [fixed] (and over it), e.g. -s experiment.rounds=5")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the points and the resolved keys that differ between them, and stop")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_sweep)
     rp = sub.add_parser("report", help="plots and an HTML page for a run or sweep directory")
     rp.add_argument("dir")
     rp.set_defaults(func=cmd_report)
-    ls = sub.add_parser("list", help="list datasets, models, attacks and defenses")
+    ls = sub.add_parser("list", help="components with their parameters, defaults and citations")
+    ls.add_argument("kind", nargs="?", help="data, data.partition, model, attack, attack.trigger, defense, "
+                                             "defense.pre or detection (default: all)")
+    ls.add_argument("--json", action="store_true", help="the catalogue as JSON")
+    ls.add_argument("--refresh", action="store_true", help="rebuild the cached catalogue from the registries")
     ls.set_defaults(func=cmd_list)
     return p
 
@@ -185,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:
-        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # "[grid]" stays text
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -12,10 +13,10 @@ import numpy as np
 import torch
 
 from .data.pipeline import HospitalData
-from .evaluation import EvalCounts, evaluate_records
+from .evaluation import EvalCounts, evaluate_records, robustness
 from .experiment import Setup
 from .streams import Stream
-from .training import load_state_vector, state_vector, train_local
+from .training import chain_hooks, load_state_vector, lr_at, state_vector, train_kwargs, train_local
 
 
 def local_train(
@@ -29,26 +30,35 @@ def local_train(
     config's choice of attackers (a deployment node's role).
     """
     cfg, pid = setup.cfg, hospital.id
+    malicious_here = setup.is_malicious(pid) if malicious is None else (malicious and setup.attack is not None)
     attacking = setup.attack_active(pid, server_round, role=malicious)
     attack = setup.attack if attacking else None
     ctx = setup.attack_context(pid, server_round)
+    if malicious_here:
+        setup.attack.observe(global_vec, state, ctx)  # e.g. Neurotoxin's benign direction
     x, y = hospital.x_train, hospital.y_train
+    hooks = None
     if attack is not None:
         x, y = attack.poison_data(x, y, setup.rng(Stream.DATA_POISONING, server_round, pid), ctx)
+        hooks = attack.train_hooks(global_vec, state, ctx)
+    hooks = chain_hooks(hooks, setup.training_hooks(server_round, pid))
     model = setup.new_model()
     load_state_vector(model, global_vec)
     t = cfg.train
     gen = setup.generator(Stream.LOCAL_TRAINING, server_round, pid)
     metrics: dict[str, float] = {}
     if cfg.privacy.mode == "dp_sgd":
-        metrics.update(_train_dp_sgd(setup, model, x, y, gen, state))
+        metrics.update(_train_dp_sgd(setup, model, x, y, gen, state, hooks, server_round))
     else:
-        res = train_local(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                          momentum=t.momentum, weight_decay=t.weight_decay, generator=gen)
+        res = train_local(model, x, y, **train_kwargs(t, setup.data.modality, server_round, cfg.experiment.rounds),
+                          generator=gen, hooks=hooks)
         metrics["train-loss"] = res.loss
     local = state_vector(model)
     if attack is not None:
         update = attack.poison_update(local - global_vec, gen, ctx)
+        if attack.needs_honest_updates and setup.collude_locally:
+            # a red-team node knows only its own benign update (partial knowledge, m = 1)
+            update = attack.collude(update[None], update[None], gen, ctx)[0]
         local = global_vec + update
     metrics.update({"num-examples": float(len(y)), "partition-id": float(pid),
                     "malicious": float(attacking)})
@@ -76,31 +86,42 @@ def _noise_for(target_epsilon: float, delta: float, q: float, total_steps: int) 
     return noise_for_target_epsilon(target_epsilon, delta, q, total_steps)
 
 
-def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any) -> dict[str, float]:
+def _train_dp_sgd(setup: Setup, model, x, y, gen: torch.Generator, state: Any, hooks=None,
+                  server_round: int = 1) -> dict[str, float]:
     """Record-level DP-SGD (Abadi et al. 2016) through Opacus. The accountant's history
     (sigma, q, steps per round) lives in ``state`` so epsilon is cumulative over the run."""
     from .privacy import train_dp_sgd
 
     p, t = setup.cfg.privacy, setup.cfg.train
     history = [tuple(h) for h in zip(state.get("dp-sigma", []), state.get("dp-q", []), state.get("dp-steps", []))]
-    res = train_dp_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+    lr = lr_at(server_round, setup.cfg.experiment.rounds, t)
+    res = train_dp_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
                        momentum=t.momentum, noise_multiplier=dp_noise_multiplier(setup, len(y)),
                        max_grad_norm=p.max_grad_norm, history=history, generator=gen,
-                       delta=p.target_delta)
+                       delta=p.target_delta, hooks=hooks)
     state["dp-sigma"] = [float(h[0]) for h in res.history]
     state["dp-q"] = [float(h[1]) for h in res.history]
     state["dp-steps"] = [int(h[2]) for h in res.history]
     return {"train-loss": res.loss, "epsilon": res.epsilon}
 
 
-def local_evaluate(setup: Setup, hospital: HospitalData,
-                   global_vec: torch.Tensor) -> tuple[dict[str, float], EvalCounts]:
+def local_evaluate(setup: Setup, hospital: HospitalData, global_vec: torch.Tensor,
+                   server_round: int | None = None) -> tuple[dict[str, float], EvalCounts]:
     """The global model on the hospital's own test split: (loss, accuracy, num-examples,
-    partition-id) and the counts the server merges (clean, and triggered copies when the
-    attack is targeted)."""
+    partition-id) and the counts the server merges (clean, triggered copies when the attack
+    is targeted, and the evasion rows on the rounds ``[evasion]`` runs)."""
     model = setup.new_model()
     load_state_vector(model, global_vec)
     ev = evaluate_records(setup, model, hospital.x_test, hospital.y_test)
+    if server_round is not None and setup.evasion_round(server_round):
+        rows = robustness(setup, model, hospital.x_test, hospital.y_test, server_round, hospital.id,
+                          x_calibration=hospital.x_train[:200])
+        ev = dataclasses.replace(ev, robustness=rows)
+    if server_round is not None and setup.cfg.experiment.mia and server_round == setup.cfg.experiment.rounds:
+        from .privacy.mia import hospital_audit
+
+        audit = hospital_audit(model, (hospital.x_train, hospital.y_train), (hospital.x_test, hospital.y_test))
+        ev = dataclasses.replace(ev, mia=audit)
     n = ev.clean.count
     acc = float(np.trace(ev.clean.confusion)) / n if n else float("nan")
     loss = ev.clean.loss_sum / n if n and ev.clean.nonfinite == 0 else float("nan")

@@ -29,12 +29,15 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .evasion.config import EvasionConfig
+
 #: keys of the named sections that are not component parameters
 COMMON_KEYS = {
     "data": {"name", "num_hospitals", "partition", "min_records", "test_fraction",
-             "local_test_fraction", "positive_class"},
+             "local_test_fraction", "positive_class", "preprocess", "server_test"},
     "model": {"name"},
-    "attack": {"name", "fraction", "hospitals", "start_round", "end_round"},
+    "attack": {"name", "fraction", "hospitals", "start_round", "end_round", "knowledge", "schedule",
+               "every", "at_round", "round_fraction"},
     "defense": {"name", "f", "pre", "weighted", "root_size", "max_update_norm"},
     "detection": {"name"},
 }
@@ -81,6 +84,12 @@ class ExperimentConfig(_Section):
     mia: bool = Field(True, description="membership inference on the final model")
     mia_lira_shadows: int = Field(
         0, ge=0, le=256, description="also run offline LiRA with this many shadow models (0: off)")
+    init_model: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="start from a saved global model (a run's final_model.pt), e.g. to attack after convergence")
+    lifespan_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="a backdoor is gone once its success lift over the clean twin "
+                                          "falls below this (backdoor_lifespan)")
     clean_twin: bool = Field(
         True, description="targeted attacks: also train the same config without the attack and "
                           "report the trigger's success on it (attack_success_rate_clean)")
@@ -103,6 +112,12 @@ class DataConfig(_Named):
     min_records: int = Field(2, ge=1, le=1_000_000, description="fewest training records per hospital")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held out at the server")
     local_test_fraction: float = Field(0.25, gt=0, lt=1, description="each hospital's test")
+    preprocess: Literal["federated", "local"] = Field(
+        "federated", description="tabular imputation/standardisation from all hospitals' statistics "
+                                 "(sums, counts) or each hospital's own")
+    server_test: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="one file per hospital: a test file the coordinator holds (public data)")
     positive_class: int | str | None = Field(
         None, description="class whose sensitivity is reported (name or index; default: the "
                           "dataset's, e.g. wdbc 'malignant')")
@@ -113,11 +128,51 @@ class ModelConfig(_Named):
 
 
 class TrainConfig(_Section):
+    """Local training (``training.train_kwargs`` turns it into ``train_local``'s keywords;
+    ``training.lr_at`` gives the learning rate of a round). DP-SGD uses only local_epochs,
+    batch_size, the round's lr and momentum (plain SGD inside Opacus)."""
+
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=1_000_000)
-    lr: float = Field(0.05, gt=0, le=100)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, le=100)
+    lr: float = Field(0.05, gt=0, le=100, description="peak learning rate (after warm-up)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, le=100, description="L2 (sgd, adam) or decoupled (adamw)")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="fresh every round")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over rounds (after warm-up)")
+    warmup_rounds: int = Field(0, ge=0, le=100_000, description="linear warm-up over the first rounds")
+    final_lr_fraction: float = Field(
+        0.0, ge=0, le=1, description="cosine: decays towards final_lr_fraction * lr")
+    augment: bool = Field(False, description="images: flips and shifts; ECG: time shifts")
+    augment_flip: bool = Field(True, description="images: random horizontal flips")
+    augment_shift: float = Field(
+        0.1, ge=0, le=0.5, description="largest shift, fraction of the image side / record length")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (k n_c) from the hospital's labels")
+    # federated adversarial training (Madry et al. 2018 at each hospital; Zizzo et al. 2020)
+    adversarial: Literal["none", "pgd"] = "none"
+    adversarial_eps: float = Field(0.0, ge=0.0, le=1e3, description="budget in the modality's units")
+    adversarial_steps: int = Field(5, ge=1, le=100)
+    adversarial_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of each batch")
+    adversarial_norm: Literal["linf", "l2"] = "linf"
+
+    @model_validator(mode="after")
+    def _adversarial(self) -> TrainConfig:
+        if self.adversarial == "pgd" and not self.adversarial_eps > 0:
+            raise ValueError("train.adversarial = 'pgd' needs train.adversarial_eps > 0")
+        extra = {"adversarial_eps", "adversarial_steps", "adversarial_fraction", "adversarial_norm"}
+        given = extra & self.model_fields_set
+        if self.adversarial == "none" and given:
+            raise ValueError(f"train.{sorted(given)[0]} does not apply to train.adversarial = 'none'")
+        for key, needs in (("momentum", "sgd"),):
+            if key in self.model_fields_set and self.optimizer != needs:
+                raise ValueError(f"train.{key} does not apply to train.optimizer = {self.optimizer!r}")
+        if "final_lr_fraction" in self.model_fields_set and self.schedule != "cosine":
+            raise ValueError("train.final_lr_fraction does not apply to train.schedule = 'constant'")
+        aug = {"augment_flip", "augment_shift"} & self.model_fields_set
+        if aug and not self.augment:
+            raise ValueError(f"train.{sorted(aug)[0]} does not apply to train.augment = false")
+        return self
 
 
 class AttackConfig(_Named):
@@ -126,6 +181,13 @@ class AttackConfig(_Named):
     hospitals: list[int] | None = Field(None, max_length=100_000)
     start_round: int = Field(1, ge=1, le=100_000)
     end_round: int | None = Field(None, ge=1, le=100_000)
+    knowledge: Literal["full", "partial"] = Field(
+        "full", description="colluding attacks: the round's honest updates (full, simulation only) "
+                            "or the attackers' own benign updates (partial)")
+    schedule: Literal["every_round", "every_k", "single_shot", "random"] = "every_round"
+    every: int = Field(1, ge=1, le=100_000, description="every_k: attack every k-th round of the window")
+    at_round: int | None = Field(None, ge=1, le=100_000, description="single_shot: the round")
+    round_fraction: float = Field(1.0, ge=0.0, le=1.0, description="random: share of the window's rounds")
 
 
 class DefenseConfig(_Named):
@@ -208,8 +270,15 @@ class Config(_Section):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyNone)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    evasion: EvasionConfig = Field(default_factory=EvasionConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _dropped: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Keys of the config file an override made inapplicable (``load_config`` dropped them)."""
+        return self._dropped
 
     @model_validator(mode="before")
     @classmethod
@@ -238,6 +307,17 @@ class Config(_Section):
                     d.update(self.params("partition").model_dump(mode="json"))
             else:
                 d = sec.model_dump(mode="json")
+                if name == "train":
+                    skip = set()
+                    if sec.adversarial == "none":
+                        skip |= {k for k in d if k.startswith("adversarial_")}
+                    if sec.optimizer != "sgd":
+                        skip.add("momentum")
+                    if sec.schedule != "cosine":
+                        skip.add("final_lr_fraction")
+                    if not sec.augment:
+                        skip |= {"augment_flip", "augment_shift"}
+                    d = {k: v for k, v in d.items() if k not in skip}
             out[name] = d
         return _drop_none(out)
 
@@ -323,13 +403,38 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     raw: dict[str, Any] | None = None,
 ) -> Config:
-    """Load a config file (or a dict), apply overrides, validate everything."""
+    """Load a config file (or a dict), apply overrides, validate everything.
+
+    When an override switches a section's component or mode (e.g. ``-s data.partition=iid``
+    on a file that sets ``data.alpha``), keys of the file that no longer apply are dropped
+    and listed in ``cfg.dropped``; such a key given as an override is still an error."""
     data = copy.deepcopy(raw) if raw is not None else {}
     if path is not None:
         data = read_toml(path)
+    given: set[str] = set()
     for o in overrides:
         apply_override(data, o)
-    return config_from_dict(data)
+        given.add(o.partition("=")[0].strip())
+    sections = {k.split(".")[0] for k in given}
+    dropped: list[str] = []
+    while True:
+        try:
+            cfg = config_from_dict(data)
+        except ConfigError as e:
+            k = e.key
+            if not (e.inapplicable and k and k not in given and k.split(".")[0] in sections):
+                raise
+            node = data
+            parts = k.split(".")
+            for part in parts[:-1]:
+                node = node.get(part, {})
+            if parts[-1] not in node:
+                raise
+            del node[parts[-1]]
+            dropped.append(k)
+            continue
+        cfg._dropped = dropped
+        return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -381,6 +486,10 @@ def _config_error(e: ValidationError, data: dict[str, Any], prefix: str = "") ->
         msg = msg[len("Value error, "):]
     if err["type"].endswith("_type") or err["type"] in ("model_type", "dict_type"):
         msg = f"{msg} (got {type(value).__name__})"
+    first = msg.split(" ", 1)[0]
+    if "." in first and first.split(".", 1)[0] in Config.model_fields:
+        # a section's own check that already names its key(s): print it as it is
+        return ConfigError(msg, key=first.rstrip(":,"), inapplicable="does not apply" in msg)
     return ConfigError(f"{key} = {_short(value)}: {msg[0].lower() + msg[1:]}", key=key)
 
 
@@ -410,6 +519,10 @@ def applicable_common_keys(section: str, entry, cfg: Config) -> set[str]:
     keys = set(COMMON_KEYS[section])
     if section == "attack" and entry.meta.get("kind") == "none":
         keys = {"name"}
+    if section == "attack":
+        for k, schedule in (("every", "every_k"), ("at_round", "single_shot"), ("round_fraction", "random")):
+            if cfg.attack.schedule != schedule:
+                keys.discard(k)
     if section == "defense":
         if not entry.meta.get("needs_reference"):
             keys.discard("root_size")
@@ -485,6 +598,14 @@ def validate_components(cfg: Config) -> None:
         raise ConfigError(
             f"attack.end_round = {a.end_round}: must be >= attack.start_round ({a.start_round})",
             key="attack.end_round")
+    if a.name != "none":
+        from .attacks.selection import check_schedule
+
+        try:
+            check_schedule(a.schedule, a.start_round, a.end_round or max(e.rounds, a.start_round), a.every, a.at_round,
+                           a.round_fraction)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="attack.schedule") from None
     if e.eval_every > e.rounds:
         raise ConfigError(f"experiment.eval_every = {e.eval_every}: must be <= experiment.rounds ({e.rounds})",
                           key="experiment.eval_every")
@@ -497,6 +618,14 @@ def validate_components(cfg: Config) -> None:
                 raise ConfigError(
                     f"{key} = {value!r} does not apply to experiment.mode = 'centralized' (one model "
                     "trained on the pooled data, no federation)", key=key, inapplicable=True)
+    t = cfg.train
+    if cfg.privacy.mode == "dp_sgd":
+        for key, value, plain in (("optimizer", t.optimizer, "sgd"), ("class_weights", t.class_weights, "none"),
+                                  ("augment", t.augment, False)):
+            if value != plain:
+                raise ConfigError(f"train.{key} = {value!r} does not apply to privacy.mode = 'dp_sgd' (Opacus "
+                                  "DP-SGD here is SGD with momentum on the plain loss)", key=f"train.{key}",
+                                  inapplicable=True)
     sim = cfg.simulation
     if sim.backend == "inprocess":
         for k in ("ray_address", "num_cpus_per_client", "num_gpus_per_client"):

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config
+from . import checkpoint
+from .attacks import Attack
+from .config import Config, ConfigError
 from .experiment import Setup, build_setup
 from .results.run_dir import RunDir
 from .results.summary import build_summary
@@ -32,53 +34,95 @@ def run_experiment(
     cfg: Config, out_dir: str | Path, *, verbose: bool = False,
     on_round: Callable[[dict], None] | None = None, transport: TransportFactory | None = None,
     on_twin_start: Callable[[], None] | None = None,
+    connect: Callable[[Config], tuple[Setup, Transport]] | None = None, resume: bool = False,
 ) -> dict:
     """Run ``cfg``, write the run directory ``out_dir``, return the summary. A targeted
-    attack first trains its clean twin in-process (``twin.py``; ``on_twin_start`` is told)."""
+    attack first trains its clean twin in-process (``twin.py``; ``on_twin_start`` is told).
+    ``connect`` (a deployment): builds the server's Setup and the transport together, e.g.
+    from the hospitals' answers to the data protocol, so the server opens no data file.
+    ``resume``: continue the run in ``out_dir`` from its last checkpoint (``checkpoint.py``)."""
     t0 = time.perf_counter()
     set_torch_threads()
-    setup = build_setup(cfg)  # ConfigError / DataError on a bad setup, before any file
+    given = None
+    if connect is not None:
+        setup, given = connect(cfg)
+    else:
+        setup = build_setup(cfg)  # ConfigError / DataError on a bad setup, before any file
     run = RunDir(out_dir)
+    restored = checkpoint.load(run.path) if resume else None
+    if restored is not None and restored[1]["config"] != cfg.to_toml():
+        raise ConfigError(f"--resume {str(run.path)[:200]!r}: that run has a different configuration")
     run.write_config(cfg.to_toml())
+    chosen: list = []  # the transport, once made (its hospital states go into checkpoints)
+    extra_cost: dict = {}  # what the transport measured beyond this process (Ray's processes)
 
     def round_done(row: dict) -> None:
         run.write_progress(co.rounds, co.clients)
+        states = chosen[0].hospital_states() if chosen and hasattr(chosen[0], "hospital_states") else None
+        checkpoint.save(run.path, co, states)
         if on_round:
             on_round(row)
 
     co = Coordinator(setup, on_round=round_done)
-    twin = None
-    if has_twin(setup):
+    if restored is not None:
+        checkpoint.restore(co, *restored)
+    elif has_twin(setup):
         if on_twin_start:
             on_twin_start()
-        twin = clean_twin(setup)
-        co.twin_asr = twin["asr"]
-    extra_cost: dict = {}  # what the transport measured (e.g. the Ray process tree's memory)
-    if transport is not None:
-        tr = transport(setup)
-        run_rounds(co, tr)
-        extra_cost = tr.cost() if hasattr(tr, "cost") else {}
+        co.twin = clean_twin(setup)
+    if co.twin is not None:
+        co.twin_asr = {int(k): v for k, v in co.twin["asr"].items()}
+
+    def use(t: Transport) -> Transport:
+        chosen.append(t)
+        if restored is not None and co.next_round > 1:
+            states = restored[0]["hospital_states"]
+            if hasattr(t, "restore_states") and states is not None:
+                t.restore_states(states)
+            elif _stateful(setup):
+                raise ConfigError("--resume: this run's hospitals kept state on their Flower nodes (the DP "
+                                  "accountant, an attack's history), which a checkpoint does not hold; "
+                                  "resume it with simulation.backend = 'inprocess'")
+        return t
+
+    if given is not None:
+        run_rounds(co, use(given))
+    elif transport is not None:
+        run_rounds(co, use(transport(setup)))
     elif cfg.experiment.mode == "centralized":
         from .transports import CentralizedTransport
 
-        run_rounds(co, CentralizedTransport(setup))
+        run_rounds(co, use(CentralizedTransport(setup)))
     elif cfg.simulation.backend == "inprocess":
         from .transports import InProcessTransport
 
-        run_rounds(co, InProcessTransport(setup))
+        run_rounds(co, use(InProcessTransport(setup)))
     else:
         from .flower.simulation import run_on_ray
 
+        if restored is not None and co.next_round > 1 and _stateful(setup):
+            use(None)  # raises: the nodes' state is not in the checkpoint
         extra_cost = run_on_ray(co, verbose=verbose)
+    if chosen and chosen[-1] is not None and hasattr(chosen[-1], "cost"):
+        extra_cost = chosen[-1].cost()  # what the transport measured (e.g. the Ray process tree's memory)
     if len(co.rounds) != cfg.experiment.rounds:
         raise RunFailed(
             f"the federation stopped after {len(co.rounds)} of {cfg.experiment.rounds} rounds"
         )
-    summary = build_summary(co, time.perf_counter() - t0, twin=twin)
+    checkpoint.save_model(run.path, co.global_model())
+    summary = build_summary(co, time.perf_counter() - t0 + co.resume_offset, twin=co.twin)
     summary["cost"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # the whole process tree: the driver alone, or what the transport sampled (Ray's processes)
     tree = extra_cost.pop("peak_rss_tree_mb", None) or 0.0
     summary["cost"]["peak_rss_tree_mb"] = max(summary["cost"]["peak_rss_mb"], tree)
     summary["cost"].update({k: v for k, v in extra_cost.items() if v is not None})
+    summary["resumed_at_round"] = (restored[1]["round"] + 1) if restored is not None else None
     run.write_summary(summary)
     return summary
+
+
+def _stateful(setup: Setup) -> bool:
+    """Do the hospitals keep state across rounds (DP-SGD's accountant, a stateful attack)?"""
+    a = setup.attack
+    stateful_attack = a is not None and type(a).observe is not Attack.observe
+    return setup.cfg.privacy.mode == "dp_sgd" or stateful_attack

@@ -27,10 +27,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class EvalCounts:
     """One evaluation: ``clean`` counts of the test records, ``trigger`` counts of the
-    triggered eligible records (None without a targeted attack)."""
+    triggered eligible records (None without a targeted attack), ``robustness`` the
+    evasion rows (``evasion.report``, summable counts) on the rounds evasion runs."""
 
     clean: ClassificationCounts
     trigger: ClassificationCounts | None = None
+    robustness: list[dict] | None = None
+    mia: dict | None = None  # the hospital's membership-inference audit (final round)
 
     def to_dict(self) -> dict[str, Any]:
         return {"clean": self.clean.to_dict(), "trigger": None if self.trigger is None else self.trigger.to_dict()}
@@ -116,3 +119,25 @@ def clinical(setup: Setup, c: ClassificationCounts) -> dict[str, Any]:
     names = d.class_names or [str(k) for k in range(d.num_classes)]
     m["positive_class"] = names[m["positive_label"]] if m["positive_label"] is not None else None
     return m
+
+
+def robustness(setup: Setup, model: nn.Module, x: np.ndarray, y: np.ndarray, server_round: int,
+               key: int, x_calibration: np.ndarray | None = None) -> list[dict]:
+    """Evasion rows of ``model`` on (x, y) under ``[evasion]`` (FGSM / PGD / APGD at each
+    eps, in the modality's units and valid range; ``evasion.report.robustness_report``).
+    ``key`` keys the random starts (a partition id; the server uses the number of hospitals)."""
+    from .evasion.report import robustness_report
+    from .streams import Stream
+
+    ev, d = setup.cfg.evasion, setup.data
+    if len(y) == 0:
+        return []
+    positive = ev.positive_label if ev.positive_label is not None else d.positive_label
+    if positive is None:
+        positive = 1 if d.num_classes == 2 else 0
+    return robustness_report(
+        model, x, y, attacks=ev.attacks, eps_list=ev.eps, norm=ev.norm, steps=ev.steps,
+        targeted_label=ev.target_label if ev.targeted else None, domain=setup.input_domain,
+        generator=setup.generator(Stream.EVALUATION, server_round, key), positive_label=positive,
+        num_classes=d.num_classes, max_records=ev.max_records, detector=ev.detector,
+        detector_fpr=ev.detector_fpr, x_calibration=x_calibration)

@@ -29,6 +29,9 @@ class Setup:
     data: FederatedData
     attackers: tuple[int, ...]
     dp_fix: bool = False  # the model needs Opacus's ModuleValidator.fix for DP-SGD
+    #: a deployment node crafts colluding attacks itself from its own update (partial
+    #: knowledge); in simulation the server-side adversary hook does it
+    collude_locally: bool = False
 
     @property
     def n(self) -> int:
@@ -49,12 +52,17 @@ class Setup:
     def attack_context(self, partition_id: int | None = None, server_round: int = 1,
                        n_clients: int | None = None) -> AttackContext:
         idx = self.attackers.index(partition_id) if partition_id in self.attackers else 0
+        d = self.data
         return AttackContext(
-            modality=self.data.modality, num_classes=self.data.num_classes,
-            input_shape=self.data.input_shape, n_clients=n_clients or self.n,
+            modality=d.modality, num_classes=d.num_classes,
+            input_shape=d.input_shape, n_clients=n_clients or self.n,
             n_attackers=max(len(self.attackers), 1), attacker_index=idx,
             f=self.cfg.defense.f, round=server_round,
-            feature_low=self.data.feature_low, feature_high=self.data.feature_high,
+            feature_low=d.feature_low, feature_high=d.feature_high,
+            defense_rule=self.cfg.defense.name, defense_params=self.cfg.params("defense"),
+            knowledge=self.cfg.attack.knowledge,
+            class_names=tuple(d.class_names) if d.class_names else None,
+            class_counts=tuple(int(c) for c in d.class_counts) if d.class_counts is not None else None,
         )
 
     @cached_property
@@ -73,10 +81,49 @@ class Setup:
 
     def attack_active(self, partition_id: int, server_round: int, role: bool | None = None) -> bool:
         """Does this hospital attack in this round? ``role`` (a deployment node's
-        ``role``) overrides the config's choice of attackers; the window still applies."""
-        a = self.cfg.attack
+        ``role``) overrides the config's choice of attackers; the window and the schedule
+        (``attacks.selection.is_active``) still apply."""
         malicious = self.is_malicious(partition_id) if role is None else (role and self.attack is not None)
-        return malicious and is_active(server_round, a.start_round, a.end_round)
+        return malicious and self.attack_round(server_round)
+
+    def evasion_round(self, server_round: int) -> bool:
+        """Is the global model attacked at test time after this round (``[evasion]``)?"""
+        ev, rounds = self.cfg.evasion, self.cfg.experiment.rounds
+        return ev.enabled and (server_round == rounds or (ev.every > 0 and server_round % ev.every == 0))
+
+    def attack_round(self, server_round: int) -> bool:
+        """Is the attack scheduled in this round (for whoever is malicious)?"""
+        a, e = self.cfg.attack, self.cfg.experiment
+        return is_active(server_round, a.start_round, a.end_round or max(e.rounds, a.start_round), a.schedule, a.every,
+                         a.at_round, a.round_fraction, e.seed)
+
+    def training_hooks(self, server_round: int, partition_id: int):
+        """Hooks every hospital's local training gets: PGD adversarial training when
+        ``train.adversarial = "pgd"`` (Madry et al. 2018 inside each hospital, the federated
+        setting of Zizzo et al. 2020), else None."""
+        t = self.cfg.train
+        if t.adversarial != "pgd":
+            return None
+        from .evasion.adversarial import adversarial_training_hooks
+
+        return adversarial_training_hooks(
+            eps=t.adversarial_eps, steps=t.adversarial_steps, fraction=t.adversarial_fraction,
+            norm=t.adversarial_norm, domain=self.input_domain,
+            generator=self.generator(Stream.ADVERSARIAL_TRAINING, server_round, partition_id))
+
+    @cached_property
+    def input_domain(self):
+        """The valid inputs of the modality (``evasion.domain``): images in [0, 1], ECG in
+        the signal's range, tabular features in their observed ranges with immutable
+        columns (``evasion.immutable``) never perturbed."""
+        from .evasion.domain import domain_for
+
+        d = self.data
+        try:
+            return domain_for(d.modality, d.input_shape, d.feature_low, d.feature_high,
+                              self.cfg.evasion.immutable or None, d.feature_names)
+        except ValueError as e:
+            raise ConfigError(str(e), key="evasion.immutable") from None
 
     def generator(self, stream: Stream, *key: int) -> torch.Generator:
         """The torch generator of ``stream`` keyed by ``key`` (e.g. round, partition id)."""
@@ -89,7 +136,12 @@ class Setup:
 
 def build_setup(cfg: Config) -> Setup:
     """The data, model and attackers of ``cfg``, with every check that needs the data."""
-    data = build_federated_data(cfg)
+    return setup_from_data(cfg, build_federated_data(cfg))
+
+
+def setup_from_data(cfg: Config, data: FederatedData, collude_locally: bool = False) -> Setup:
+    """The Setup of ``cfg`` over ``data`` (built here, or a deployment's hospital-local or
+    data-free view of the federation, ``deployment.py``)."""
     n = len(data.hospitals)
     model_entry = MODELS.get(cfg.model.name)
     allowed = model_entry.meta.get("modalities")
@@ -99,6 +151,11 @@ def build_setup(cfg: Config) -> Setup:
             f"data.name = {cfg.data.name!r} is {data.modality}", key="model.name"
         )
     _check_against_hospitals(cfg, n)
+    from .aggregators import AGGREGATORS
+
+    if AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference") and data.root_x is None:
+        raise ConfigError(f"defense.name = {cfg.defense.name!r} needs a clean root set at the server: give "
+                          "data.server_test (the hospitals hold the training data)", key="defense.name")
     a = cfg.attack
     attackers: tuple[int, ...] = ()
     if a.name != "none":
@@ -106,11 +163,29 @@ def build_setup(cfg: Config) -> Setup:
             attackers = tuple(choose_attackers(n, a.fraction, a.hospitals, cfg.experiment.seed))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    setup = Setup(cfg=cfg, data=data, attackers=attackers)
+    setup = Setup(cfg=cfg, data=data, attackers=attackers, collude_locally=collude_locally)
     _ = setup.attack  # validate the attack against the data now
+    _check_evasion(setup)
     if cfg.privacy.mode == "dp_sgd":
         _check_dp_compatible(setup)
     return setup
+
+
+def _check_evasion(setup: Setup) -> None:
+    ev, d = setup.cfg.evasion, setup.data
+    if not ev.enabled and setup.cfg.train.adversarial == "none":
+        return
+    _ = setup.input_domain
+    for key, label in (("evasion.target_label", ev.target_label), ("evasion.positive_label", ev.positive_label)):
+        if label is not None and not 0 <= label < d.num_classes:
+            raise ConfigError(f"{key} = {label}: the data has classes 0..{d.num_classes - 1}", key=key)
+    if ev.enabled:
+        from .evasion.attacks import check_attacks
+
+        try:
+            check_attacks(ev.attacks, num_classes=d.num_classes, domain=setup.input_domain, targeted=ev.targeted)
+        except ValueError as e:
+            raise ConfigError(str(e), key="evasion.attacks") from None
 
 
 def _check_against_hospitals(cfg: Config, n: int) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .streams import Stream
-from .training import load_state_vector, state_vector, train_local
+from .training import load_state_vector, state_vector, train_kwargs, train_local
 
 if TYPE_CHECKING:
     from .experiment import Setup
@@ -22,7 +22,7 @@ def root_update(setup: Setup, global_vec: torch.Tensor, server_round: int) -> to
     model = setup.new_model()
     load_state_vector(model, global_vec)
     t = setup.cfg.train
-    train_local(model, d.root_x, d.root_y, epochs=t.local_epochs, batch_size=t.batch_size,
-                lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+    train_local(model, d.root_x, d.root_y,
+                **train_kwargs(t, d.modality, server_round, setup.cfg.experiment.rounds),
                 generator=setup.generator(Stream.ROOT_TRAINING, server_round))
     return state_vector(model) - global_vec

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from .aggregators import AGGREGATORS, PRE_AGGREGATORS, AggregationContext
-from .aggregators.base import AggregationResult
+from .aggregators.base import AggregationResult, PreconditionError, precondition_problem
 from .aggregators.pipeline import aggregate as run_rule
 from .config import ConfigError
 from .detectors import DETECTORS, DetectionContext, DetectionCounts, aggregate_with_detection
-from .evaluation import EvalCounts, merged, round_metrics, server_evaluation
+from .evaluation import EvalCounts, merged, robustness, round_metrics, server_evaluation
 from .experiment import Setup
 from .rounds import ClientEval, ClientReply, RunFailed
 from .streams import Stream
@@ -43,12 +43,13 @@ STALL_ROUNDS = 3
 
 
 def check_requirement(setup: Setup, n: int) -> None:
-    """Refuse a rule whose precondition fails for n clients per round and f assumed."""
-    entry = AGGREGATORS.get(setup.cfg.defense.name)
-    req = entry.meta.get("requirement")
-    msg = req(n, setup.cfg.defense.f) if req else None
+    """Refuse at setup a rule whose precondition fails for n clients per round (after the
+    ``defense.pre`` steps) and f assumed; in a round with fewer valid replies the round loop
+    records the failed precondition instead (``Coordinator.aggregate``)."""
+    d = setup.cfg.defense
+    msg = precondition_problem(d.name, n, d.f, d.pre, params=setup.cfg.params("defense"))
     if msg:
-        raise ConfigError(f"defense.name = {setup.cfg.defense.name!r}: {msg}")
+        raise ConfigError(f"defense.name = {d.name!r}: {msg}", key="defense.name")
 
 
 class Coordinator:
@@ -82,11 +83,22 @@ class Coordinator:
         self.last_federated: EvalCounts | None = None  # the latest merged hospital counts
         #: round -> the attack's trigger success on the clean twin (``twin.clean_twin``)
         self.twin_asr: dict[int, float | None] = {}
+        #: partition id -> the hospital's membership-inference audit of the final model
+        self.mia_audits: dict[int, dict] = {}
+        #: the latest evasion evaluation (``_evasion``), None before one ran
+        self.evasion: dict[str, Any] | None = None
         self.bytes_down = 0
         self.bytes_up = 0
         self._pending: dict[int, dict] = {}
         self._sampled: set[int] = set()
+        self._round_problem = ""  # why this round aggregated nothing (a failed precondition)
         self._t0 = time.perf_counter()
+        self.resume_offset = 0.0  # elapsed seconds of the rounds before a resume
+        self.twin: dict | None = None  # the clean twin's results (``twin.clean_twin``)
+        if setup.cfg.experiment.init_model:
+            from .checkpoint import load_model_vector
+
+            self.global_vec = load_model_vector(setup.cfg.experiment.init_model, setup.new_model())
         if not self.centralized:
             check_requirement(setup, self.clients_per_round)
 
@@ -205,7 +217,17 @@ class Coordinator:
         updates = self._collude(server_round, ids, updates)
         for i, pid in enumerate(ids):
             rows[pid]["update_norm"] = float(torch.linalg.vector_norm(updates[i].double()))
-        result = self._apply_rule(server_round, ids, updates, valid, rows)
+        d = cfg.defense
+        problem = precondition_problem(d.name, len(ids), d.f, d.pre, params=cfg.params("defense"))
+        result = None
+        if problem is None:
+            try:
+                result = self._apply_rule(server_round, ids, updates, valid, rows)
+            except PreconditionError as e:  # e.g. rows a detector removed
+                problem = str(e)
+        if result is None:
+            self._round_problem = f"precondition failed: {problem}"
+            return  # no aggregation this round: the global model stays
         self.global_vec = self.global_vec + result.aggregate.to(self.global_vec.dtype)
         for i, pid in enumerate(ids):
             w = float(result.weights[i]) if result.weights is not None else 1.0 / len(ids)
@@ -217,11 +239,16 @@ class Coordinator:
         if attack is None or not attack.needs_honest_updates:
             return updates
         mal = torch.tensor([self.setup.attack_active(pid, server_round) for pid in ids])
-        if not mal.any() or mal.all():
+        if not mal.any() or (mal.all() and self.cfg.attack.knowledge == "full"):
             return updates
         first = ids[int(mal.nonzero()[0])]
         ctx = self.setup.attack_context(first, server_round, n_clients=len(ids))
-        crafted = attack.collude(updates[~mal], updates[mal],
+        if self.setup.collude_locally:
+            return updates  # the attackers crafted their updates on their own nodes
+        # full knowledge: the round's honest updates (the papers' omniscient colluders);
+        # partial: only the colluders' own benign updates (Shejwalkar and Houmansadr 2021)
+        reference = updates[~mal] if self.cfg.attack.knowledge == "full" else updates[mal]
+        crafted = attack.collude(reference, updates[mal],
                                  self.setup.generator(Stream.COLLUSION, server_round), ctx)
         out = updates.clone()
         out[mal] = crafted.to(out.dtype)
@@ -294,6 +321,9 @@ class Coordinator:
         for e in evals:
             self.last_eval[e.partition_id] = e
         ev = {e.partition_id: e for e in evals}
+        for e in evals:
+            if e.counts is not None and e.counts.mia is not None:
+                self.mia_audits[e.partition_id] = e.counts.mia
         rows = list(self._pending.values())
         for row in rows:
             e = ev.get(row["partition_id"])
@@ -306,6 +336,7 @@ class Coordinator:
         self.last_server = server_ev
         primary = server_ev if server_ev is not None else fed_ev
         metrics = round_metrics(self.setup, primary)
+        metrics.update(self._evasion(server_round, evals))
         asr, clean = metrics["attack_success_rate"], self.twin_asr.get(server_round)
         all_acc = [e.accuracy for e in ev.values()]
         honest_acc = [e.accuracy for p, e in ev.items() if not self.setup.is_malicious(p)]
@@ -316,6 +347,7 @@ class Coordinator:
             "attack_success_rate_clean": clean,
             "attack_success_lift": asr - clean if asr is not None and clean is not None else None,
             "evaluated_on": ("server" if server_ev is not None else "hospitals" if fed_ev is not None else ""),
+            "round_problem": self._round_problem,
             "mean_hospital_accuracy": float(np.mean(all_acc)) if all_acc else float("nan"),
             "worst_hospital_accuracy": float(np.min(all_acc)) if all_acc else float("nan"),
             "worst_honest_hospital_accuracy": float(np.min(honest_acc)) if honest_acc else float("nan"),
@@ -325,15 +357,45 @@ class Coordinator:
             "epsilon": max(self.epsilons.values()) if self.epsilons else float("nan"),
             **self._detection_columns(),
             "round_seconds": now - started,
-            "elapsed_seconds": now - self._t0,
+            "elapsed_seconds": now - self._t0 + self.resume_offset,
         }
         row = {k: (float("nan") if v is None else v) for k, v in row.items()}
         self.rounds.append(row)
         self._pending = {}
+        self._round_problem = ""
         if self.on_round:
             self.on_round(row)
         self._check_progress(rows)
         return row
+
+    def _evasion(self, server_round: int, evals: list[ClientEval]) -> dict[str, Any]:
+        """Robustness of the global model after an evasion round: the server's own test set
+        (when it holds one) and the hospitals' rows, summed (federated evaluation). Returns
+        the round's ``robust_accuracy@eps`` columns (worst case over the attacks)."""
+        if not self.setup.evasion_round(server_round):
+            return {}
+        from .evasion.report import WORST_CASE, combine_reports
+
+        per: dict[int, list[dict]] = {}
+        for e in evals:
+            rows = e.counts.robustness if e.counts is not None else None
+            if rows:
+                try:
+                    combine_reports([rows])  # malformed rows from a hospital are left out
+                except (KeyError, TypeError, ValueError):
+                    continue
+                per[e.partition_id] = rows
+        d = self.setup.data
+        server_rows = None
+        if d.x_test is not None and len(d.y_test):
+            server_rows = robustness(self.setup, self.global_model(), d.x_test, d.y_test, server_round,
+                                     self.setup.n, x_calibration=d.x_test[:200])
+        combined = combine_reports(list(per.values())) if per else []
+        self.evasion = {"round": server_round, "server": server_rows, "hospitals": per, "combined": combined}
+        primary = server_rows if server_rows is not None else combined
+        attacks = {r["attack"] for r in primary}
+        worst = WORST_CASE if WORST_CASE in attacks else next(iter(attacks), None)
+        return {f"robust_accuracy@{r['eps']:g}": r["robust_accuracy"] for r in primary if r["attack"] == worst}
 
     def _detection_columns(self) -> dict[str, Any]:
         if self.detector is None:
@@ -353,12 +415,13 @@ class Coordinator:
             stalled += 1
         limit = min(STALL_ROUNDS, self.cfg.experiment.rounds)
         if stalled >= limit:
-            problems = [c["problem"] for c in self.clients[-200:] if c["problem"]]
+            problems = [r["round_problem"] for r in self.rounds[-stalled:] if r.get("round_problem")]
+            problems = problems or [c["problem"] for c in self.clients[-200:] if c["problem"]]
             why = max(set(problems), key=problems.count) if problems else "no replies"
             n = self.cfg.experiment.min_hospitals
             raise RunFailed(
-                f"no update was aggregated in the last {stalled} rounds (replies dropped: {why!r}; "
-                f"or fewer than experiment.min_hospitals = {n} valid replies): stopping")
+                f"no update was aggregated in the last {stalled} rounds ({why}; or fewer than "
+                f"experiment.min_hospitals = {n} valid replies): stopping")
 
     def privacy_summary(self) -> dict[str, Any]:
         """epsilon / delta for the run: DP-SGD reports the maximum over hospitals of each

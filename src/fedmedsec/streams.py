@@ -35,6 +35,7 @@ class Stream(IntEnum):
     DETECTION = 14  # (round,): randomised detectors (gap statistic reference sets)
     EVALUATION = 15  # (round, partition_id): evasion attacks' random starts
     RECONSTRUCTION = 16  # (round, partition_id): the curious server's inversion restarts
+    ADVERSARIAL_TRAINING = 17  # (round, partition_id): PGD examples in local training
 
 
 def seed_sequence(seed: int, stream: Stream, *key: int) -> np.random.SeedSequence:

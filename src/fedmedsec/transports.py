@@ -13,11 +13,11 @@ from .experiment import Setup
 from .rounds import ClientEval, ClientReply
 from .server import POOLED
 from .streams import Stream
-from .training import load_state_vector, state_vector, train_local
+from .training import load_state_vector, state_vector, train_kwargs, train_local
 
 
-def _eval(setup: Setup, pid: int, global_vec: torch.Tensor) -> ClientEval:
-    m, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec)
+def _eval(setup: Setup, pid: int, global_vec: torch.Tensor, server_round: int) -> ClientEval:
+    m, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec, server_round)
     return ClientEval(pid, m["loss"], m["accuracy"], int(m["num-examples"]), counts=ev)
 
 
@@ -34,6 +34,13 @@ class InProcessTransport:
     def available(self, server_round: int) -> list[int]:
         return sorted(self.states)
 
+    def hospital_states(self) -> dict[int, dict[str, Any]]:
+        """What each hospital keeps across rounds (for checkpoints)."""
+        return self.states
+
+    def restore_states(self, states: dict[int, dict[str, Any]]) -> None:
+        self.states = {int(k): dict(v) for k, v in states.items()}
+
     def train(self, server_round: int, partition_ids: list[int],
               global_vec: torch.Tensor) -> list[ClientReply]:
         replies = []
@@ -45,7 +52,7 @@ class InProcessTransport:
 
     def evaluate(self, server_round: int, partition_ids: list[int],
                  global_vec: torch.Tensor) -> list[ClientEval]:
-        return [_eval(self.setup, pid, global_vec) for pid in partition_ids]
+        return [_eval(self.setup, pid, global_vec, server_round) for pid in partition_ids]
 
 
 class CentralizedTransport(InProcessTransport):
@@ -62,7 +69,7 @@ class CentralizedTransport(InProcessTransport):
         t = self.setup.cfg.train
         model = self.setup.new_model()
         load_state_vector(model, global_vec)
-        res = train_local(model, self.x, self.y, epochs=t.local_epochs, batch_size=t.batch_size,
-                          lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        res = train_local(model, self.x, self.y,
+                          **train_kwargs(t, self.setup.data.modality, server_round, self.setup.cfg.experiment.rounds),
                           generator=self.setup.generator(Stream.CENTRALIZED_TRAINING, server_round))
         return [ClientReply(POOLED, state_vector(model), len(self.y), {"train-loss": res.loss})]

@@ -33,7 +33,8 @@ def twin_config(setup: Setup):
 def has_twin(setup: Setup) -> bool:
     """A clean twin is defined for targeted attacks, when the config asks for it."""
     a = setup.attack
-    return bool(setup.cfg.experiment.clean_twin and a is not None and a.target_label is not None)
+    local = all(len(h.y_train) for h in setup.data.hospitals)  # the records are in this process
+    return bool(setup.cfg.experiment.clean_twin and a is not None and a.target_label is not None and local)
 
 
 def clean_twin(setup: Setup, on_round=None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from ..registry import Params
-from ._common import check_updates, client_weights, combine, generator
+from ._common import client_weights, combine, generator, guarded
 from .base import AGGREGATORS, AggregationContext, AggregationResult
 
 
@@ -20,7 +20,16 @@ class DncParams(Params):
 
 
 def dnc_requirement(n: int, f: int) -> str | None:
-    return None if n > f else f"dnc needs n > f (some row must survive), got n={n}, f={f}"
+    if n <= 2 * f:
+        return f"dnc needs n > 2f (an honest majority), got n={n}, f={f}"
+    return None
+
+
+def dnc_params_requirement(params: DncParams, n: int, f: int) -> str | None:
+    n_drop = int(params.c * f)
+    if n_drop >= n:
+        return f"defense.c = {params.c}: dnc drops floor(c f) = {n_drop} of n = {n} rows"
+    return None
 
 
 def dnc_good_set(
@@ -34,9 +43,7 @@ def dnc_good_set(
     n, d = updates.shape
     n_drop = int(c * f)
     if n_drop >= n:
-        raise ValueError(
-            f"defense.c = {c}: drops floor(c f) = {n_drop} of n = {n} rows per iteration"
-        )
+        raise ValueError(f"defense.c = {c}: dnc drops floor(c f) = {n_drop} of n = {n} rows")
     good = torch.ones(n, dtype=torch.bool)
     kept = torch.zeros(n, dtype=torch.long)
     for _ in range(niters):
@@ -60,17 +67,20 @@ def dnc_good_set(
     return good
 
 
-@AGGREGATORS.register("dnc", DncParams, filters=True, requirement=dnc_requirement)
+@AGGREGATORS.register(
+    "dnc", DncParams, requirement=dnc_requirement, params_requirement=dnc_params_requirement,
+    filters=True, needs_reference=False, mean_sensitivity=False, sum_only=False,
+)
 def make_dnc(params: DncParams):
     """DnC: agg = mean of the rows in the good set (``dnc_good_set``), weighted by ctx.weights
     renormalised over it (equal by default). Coordinates sampled with ctx.generator.
+    Needs n > 2f, implied by the paper: its spectral filter (from robust mean estimation,
+    Diakonikolas et al.) separates a minority of outliers from the bulk, and floor(c f) < n.
     weights: each kept row's share, 0 for the dropped ones."""
 
+    @guarded("dnc", params)
     def dnc(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
-        n, _ = check_updates(updates, "dnc")
-        msg = dnc_requirement(n, ctx.f)
-        if msg:
-            raise ValueError(msg)
+        n = updates.shape[0]
         good = dnc_good_set(updates, ctx.f, params.niters, params.b, params.c, generator(ctx))
         w = client_weights(ctx, n) * good
         w = w / w.sum()

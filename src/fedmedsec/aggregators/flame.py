@@ -7,8 +7,8 @@ import torch
 from pydantic import Field
 
 from ..registry import Params
-from ._common import check_updates, combine, generator, row_norms
-from .base import AGGREGATORS, AggregationContext, AggregationResult
+from ._common import combine, cosine_matrix, generator, guarded, row_norms
+from .base import AGGREGATORS, AggregationContext, AggregationResult, honest_majority
 
 
 class FlameParams(Params):
@@ -27,21 +27,19 @@ def flame_admitted(updates: torch.Tensor) -> torch.Tensor:
     labels everything as noise, every row is admitted (no majority could be found).
     """
     from sklearn.cluster import HDBSCAN  # local import: sklearn is slow to import
+    from threadpoolctl import threadpool_limits
 
     n = updates.shape[0]
     if n < 3:
         return torch.ones(n, dtype=torch.bool)
-    G = (updates @ updates.T).double()
-    norms = G.diagonal().clamp(min=0.0).sqrt()
-    denom = norms[:, None] * norms[None, :]
-    cos = torch.where(denom > 0, G / denom.clamp(min=1e-300), torch.zeros_like(G))
-    dist = (1.0 - cos).clamp(min=0.0)
+    dist = (1.0 - cosine_matrix(updates)).clamp(min=0.0)
     dist.fill_diagonal_(0.0)
     dist = ((dist + dist.T) / 2).numpy()
-    labels = HDBSCAN(
-        metric="precomputed", min_cluster_size=n // 2 + 1, min_samples=1,
-        allow_single_cluster=True, copy=False,  # dist is our own temporary
-    ).fit_predict(dist)
+    with threadpool_limits(1):  # n points: thread start-up would cost more than the work
+        labels = HDBSCAN(
+            metric="precomputed", min_cluster_size=n // 2 + 1, min_samples=1,
+            allow_single_cluster=True, copy=False,  # dist is our own temporary
+        ).fit_predict(dist)
     valid = labels[labels >= 0]
     if valid.size == 0:
         return torch.ones(n, dtype=torch.bool)
@@ -49,7 +47,10 @@ def flame_admitted(updates: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(labels == majority)
 
 
-@AGGREGATORS.register("flame", FlameParams, filters=True)
+@AGGREGATORS.register(
+    "flame", FlameParams, requirement=honest_majority("flame"),
+    filters=True, needs_reference=False, mean_sensitivity=False, sum_only=False,
+)
 def make_flame(params: FlameParams):
     """FLAME (Nguyen et al. 2022, Algorithm 1) on updates x_i (deltas from the global model):
 
@@ -57,11 +58,14 @@ def make_flame(params: FlameParams):
     2. S_t = median_i ||x_i|| over ALL n updates; clip admitted x_i to x_i min(1, S_t/||x_i||);
     3. agg = mean of the clipped admitted updates + N(0, (lambda S_t)^2 I) (ctx.generator).
 
+    Needs n > 2f: the paper assumes fewer than n/2 malicious clients (the admitted cluster is
+    the majority one, and S_t is a median).
     weights: 1/L on the L admitted rows (before clipping), 0 for the excluded ones.
     """
 
+    @guarded("flame", params)
     def flame(updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
-        n, d = check_updates(updates, "flame")
+        d = updates.shape[1]
         admitted = flame_admitted(updates)
         norms = row_norms(updates)
         S = float(norms.quantile(0.5))  # the median norm (mean of the middle two if n is even)

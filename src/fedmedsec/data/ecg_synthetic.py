@@ -16,11 +16,25 @@ Classes (rhythm AND morphology differ):
   2 bradycardia: 35-55 bpm, regular, normal P-QRS-T.
   3 irregular (AF-like): 70-130 bpm mean, irregularly irregular RR (coefficient of variation
     0.15-0.3, independent draws), no P wave, fibrillatory 4-9 Hz baseline waves.
-``num_classes = k < 4`` keeps the first k classes.
+Four more classes (``num_classes`` 5-8) sit at normal rates, so only morphology or a local
+event tells them apart from class 0 (a linear model on the raw signal cannot, a CNN can):
+  4 premature ventricular contractions: sinus 60-90 bpm in which 15-35% of the beats (at
+    least one in the window, never two in a row) come 30-45% of an RR early with a wide,
+    P-less, discordant-T ventricular complex, followed by the full compensatory pause.
+  5 first-degree AV block: sinus 60-90 bpm with a PR interval of ~0.27 s (P at -100 deg of
+    the ECGSYN cycle instead of -70 deg: PR > 0.2 s defines it).
+  6 ST elevation: sinus 60-90 bpm with the ST segment raised by 10-25% of the R amplitude
+    from the J point into the T wave (a smooth plateau added to the template).
+  7 atrial flutter: F waves at 250-350 /min (a sawtooth, no P wave) conducted 2:1, 3:1 or
+    4:1, so a regular ventricular rate of 62-175 bpm.
+``num_classes = k`` keeps the first k classes.
 
 Each simulated hospital has its own device and population: gain, noise level, powerline
 (50 or 60 Hz), baseline wander, anti-alias low-pass cutoff, ADC quantisation, clock skew,
-and its own P/R/T amplitude ratios (lead placement). ``RawData.sites`` names the hospital of
+and its own P/R/T amplitude ratios (lead placement). ``site_shift = s > 0`` adds a stronger
+shift per hospital (its population and lead): heart rates x exp(N(0, 0.06 s)), wave widths x
+exp(N(0, 0.15 s)), P/T angles + N(0, 4 s) deg, noise and baseline wander x exp(N(0, 0.4 s)),
+and an inverted lead with probability min(0.2 s, 0.5). ``RawData.sites`` names the hospital of
 each record, so ``partition = "natural"`` makes each simulated hospital one client.
 x: float32 [N, 1, T], each record standardised to mean 0, std 1. No official test split.
 """
@@ -36,7 +50,10 @@ from scipy import signal as sps
 from ..registry import Params
 from .base import DATASETS, RawData
 
-CLASS_NAMES = ["normal_sinus", "tachycardia_wide_qrs", "bradycardia", "irregular_af_like"]
+CLASS_NAMES = [
+    "normal_sinus", "tachycardia_wide_qrs", "bradycardia", "irregular_af_like",
+    "premature_ventricular", "first_degree_av_block", "st_elevation", "atrial_flutter",
+]
 
 # ECGSYN defaults (angles in degrees, amplitudes, widths), McSharry et al. 2003.
 _TI = np.array([-70.0, -15.0, 0.0, 15.0, 100.0])
@@ -54,10 +71,13 @@ class ECGSyntheticParams(Params):
     records_per_site: int = Field(200, ge=1, le=100_000)
     length_s: float = Field(5.0, ge=2.0, le=60.0, description="seconds per record")
     sampling_rate: int = Field(100, ge=50, le=1000, description="Hz")
-    num_classes: int = Field(4, ge=2, le=4, description="keep the first k rhythm classes")
+    num_classes: int = Field(4, ge=2, le=8, description="keep the first k rhythm classes")
     noise: float = Field(1.0, ge=0.0, le=10.0, description="multiplier of all noise levels")
     class_alpha: float | None = Field(
         None, gt=0.0, description="None: balanced classes per hospital; a: Dirichlet(a) priors"
+    )
+    site_shift: float = Field(
+        0.0, ge=0.0, le=3.0, description="extra per-hospital shift of rates, morphology, noise, polarity"
     )
 
 
@@ -89,9 +109,23 @@ def _class_shape(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         bi[1:4] *= 2.5
         ti[1], ti[3] = -30.0, 30.0
         ai[4] = -1.5
-    elif c == 3:  # AF-like: no P wave
+    elif c in (3, 7):  # AF-like, flutter: no P wave
         ai[0] = 0.0
+    elif c == 5:  # first-degree AV block: P earlier, PR ~ 0.27 s at 60 bpm
+        ti[0] = -100.0
     return ai, bi, ti
+
+
+def _st_plateau(n: int, elevation: float) -> np.ndarray:
+    """ST elevation over a template of n samples: ``elevation`` from the J point (R + 40
+    ms) to 280 ms after R, with 20 ms raised-cosine edges."""
+    t = np.arange(n) / _TEMPLATE_FS - _PRE
+    edge = 0.02
+
+    def ramp(u):
+        return 0.5 - 0.5 * np.cos(np.pi * np.clip(u / edge, 0.0, 1.0))
+
+    return elevation * ramp(t - 0.04) * ramp(0.28 - t)
 
 
 def _warp(t: np.ndarray, scale: float) -> np.ndarray:
@@ -101,17 +135,21 @@ def _warp(t: np.ndarray, scale: float) -> np.ndarray:
     return np.where(a < _QRS_HALF, t, np.sign(t) * (_QRS_HALF + (a - _QRS_HALF) / scale))
 
 
-def _rr_intervals(c: int, duration: float, rng: np.random.Generator) -> np.ndarray:
-    """Beat times (seconds) covering [-1, duration + 1] for class c."""
-    if c == 0:
+def _rr_intervals(c: int, duration: float, rng: np.random.Generator,
+                  rate: float = 1.0) -> np.ndarray:
+    """Beat times (seconds) covering [-1, duration + 1] for class c; ``rate`` scales the
+    heart rate (a hospital's population shift)."""
+    if c in (0, 4, 5, 6):
         hr, cv = rng.uniform(60, 90), rng.uniform(0.01, 0.04)
     elif c == 1:
         hr, cv = rng.uniform(110, 160), rng.uniform(0.005, 0.02)
     elif c == 2:
         hr, cv = rng.uniform(35, 55), rng.uniform(0.01, 0.04)
-    else:
+    elif c == 3:
         hr, cv = rng.uniform(70, 130), rng.uniform(0.15, 0.30)
-    mean_rr = 60.0 / hr
+    else:  # flutter: F waves 250-350 /min conducted 2:1, 3:1 or 4:1
+        hr, cv = rng.uniform(250, 350) / int(rng.integers(2, 5)), rng.uniform(0.003, 0.01)
+    mean_rr = 60.0 / (hr * rate)
     n = int((duration + 2) / mean_rr * 1.6) + 4
     if c == 3:  # irregularly irregular: independent log-normal RR, refractory floor
         rr = mean_rr * np.exp(rng.normal(-0.5 * cv**2, cv, n))
@@ -140,16 +178,39 @@ def _site_profile(rng: np.random.Generator, fs: int) -> dict:
     }
 
 
+def _site_shift(rng: np.random.Generator, s: float) -> dict:
+    """The extra per-hospital shift of ``site_shift = s`` (identity when s = 0, no draws)."""
+    if s == 0:
+        return {"rate": 1.0, "width": np.ones(5), "angle": np.zeros(5), "noise_x": 1.0,
+                "wander_x": 1.0, "polarity": 1.0}
+    angle = rng.normal(0.0, 4.0 * s, 5)
+    angle[1:4] = 0.0  # Q, R, S stay at the R peak
+    return {
+        "rate": float(np.exp(rng.normal(0.0, 0.06 * s))),
+        "width": np.exp(rng.normal(0.0, 0.15 * s, 5)),
+        "angle": angle,
+        "noise_x": float(np.exp(rng.normal(0.0, 0.4 * s))),
+        "wander_x": float(np.exp(rng.normal(0.0, 0.4 * s))),
+        "polarity": -1.0 if rng.random() < min(0.2 * s, 0.5) else 1.0,
+    }
+
+
 def _make_bank(profile: dict, n_classes: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Templates per class; class 4 (PVC) holds _BANK sinus beats then _BANK ventricular
+    beats (the wide-complex shape of class 1)."""
     bank = []
     for c in range(n_classes):
-        ai0, bi0, ti0 = _class_shape(c)
+        shapes = [_class_shape(0), _class_shape(1)] if c == 4 else [_class_shape(c)]
         temps = []
-        for _ in range(_BANK):
-            ai = ai0 * profile["wave_scale"] * rng.uniform(0.85, 1.15, 5)
-            bi = bi0 * rng.uniform(0.85, 1.15, 5)
-            ti = ti0 + rng.uniform(-5, 5, 5) * (ti0 != 0)
-            temps.append(_ecgsyn_template(ai, bi, ti, int(rng.integers(2**31))))
+        for ai0, bi0, ti0 in shapes:
+            for _ in range(_BANK):
+                ai = ai0 * profile["wave_scale"] * rng.uniform(0.85, 1.15, 5)
+                bi = bi0 * rng.uniform(0.85, 1.15, 5) * profile["width"]
+                ti = ti0 + rng.uniform(-5, 5, 5) * (ti0 != 0) + profile["angle"]
+                tpl = _ecgsyn_template(ai, bi, ti, int(rng.integers(2**31)))
+                if c == 6:
+                    tpl = tpl + _st_plateau(len(tpl), rng.uniform(0.10, 0.25))
+                temps.append(tpl)
         bank.append(temps)
     return bank
 
@@ -159,33 +220,45 @@ def _record(c: int, bank: list[list[np.ndarray]], profile: dict, p: ECGSynthetic
     fs, dur = p.sampling_rate, p.length_s
     n = int(round(dur * fs))
     t = np.arange(n) / fs * profile["clock"]
-    tpl = bank[c][int(rng.integers(len(bank[c])))]
+    if c == 4:  # one sinus template and one ventricular template
+        tpl = bank[c][int(rng.integers(_BANK))]
+        ectopic_tpl = bank[c][_BANK + int(rng.integers(_BANK))]
+    else:
+        tpl = bank[c][int(rng.integers(len(bank[c])))]
     tau = np.arange(len(tpl)) / _TEMPLATE_FS - _PRE
     x = np.zeros(n)
-    beats = _rr_intervals(c, dur, rng)
+    beats = _rr_intervals(c, dur, rng, profile["rate"])
     resp_f, resp_ph = rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi)
     mean_rr = float(np.diff(beats).mean()) if len(beats) > 1 else 1.0
     scale = float(np.clip(np.sqrt(mean_rr), 0.6, 1.2))  # Bazett: QT ~ sqrt(RR in s)
-    for tb in beats:
+    ectopic = np.zeros(len(beats), dtype=bool)
+    if c == 4:
+        beats, ectopic = _premature_beats(beats, mean_rr, dur, rng)
+    for tb, ect in zip(beats, ectopic):
         lo = np.searchsorted(t, tb - _PRE * 1.3)
         hi = np.searchsorted(t, tb + _POST * 1.3)
         if hi <= lo:
             continue
         local = _warp(t[lo:hi] - tb, scale)
         amp = rng.uniform(0.93, 1.07) * (1 + 0.08 * np.sin(2 * np.pi * resp_f * tb + resp_ph))
-        x[lo:hi] += amp * np.interp(local, tau, tpl, left=0.0, right=0.0)
+        x[lo:hi] += amp * np.interp(local, tau, ectopic_tpl if ect else tpl, left=0.0, right=0.0)
     if c == 3:  # fibrillatory waves: 2-3 drifting 4-9 Hz components
         for _ in range(int(rng.integers(2, 4))):
             f = rng.uniform(4, 9) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t))
             x += rng.uniform(0.02, 0.06) * np.sin(2 * np.pi * np.cumsum(f) / fs + rng.uniform(0, 6.3))
-    x *= profile["gain"] * rng.uniform(0.7, 1.3)
-    lvl = p.noise * profile["noise"]
+    if c == 7:  # flutter waves: a sawtooth (slow rise, fast fall) at 250-350 /min
+        f_flutter = 60.0 / mean_rr * rng.uniform(0.97, 1.03)
+        f_flutter *= max(1, int(round(rng.uniform(250, 350) / 60.0 / f_flutter)))
+        x += rng.uniform(0.08, 0.15) * sps.sawtooth(
+            2 * np.pi * f_flutter * t + rng.uniform(0, 6.3), width=0.8)
+    x *= profile["gain"] * rng.uniform(0.7, 1.3) * profile["polarity"]
+    lvl = p.noise * profile["noise"] * profile["noise_x"]
     if lvl > 0:
         wander = sum(
             rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3))
             for _ in range(2)
         )
-        x += lvl * profile["wander"] * wander
+        x += lvl * profile["wander"] * profile["wander_x"] * wander
         x += lvl * profile["mains_amp"] * np.sin(2 * np.pi * profile["mains"] * t + rng.uniform(0, 6.3))
         x += lvl * rng.uniform(0.02, 0.08) * rng.standard_normal(n)
         if rng.random() < 0.2:  # a short motion artefact burst
@@ -195,6 +268,27 @@ def _record(c: int, bank: list[list[np.ndarray]], profile: dict, p: ECGSynthetic
     return x
 
 
+def _premature_beats(beats: np.ndarray, mean_rr: float, duration: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Make 15-35% of the beats premature ventricular contractions: each comes 30-45% of
+    an RR early, the next sinus beat keeps its time (the full compensatory pause); never
+    two in a row, at least one inside [0.5, duration - 0.5] s."""
+    n = len(beats)
+    p = rng.uniform(0.15, 0.35)
+    ect = np.zeros(n, dtype=bool)
+    inside = np.flatnonzero((beats > 0.5) & (beats < duration - 0.5))
+    for i in range(1, n):
+        if not ect[i - 1] and rng.random() < p:
+            ect[i] = True
+    if len(inside) and not ect[inside].any():
+        i = int(inside[int(rng.integers(len(inside)))])
+        ect[max(i - 1, 0): i + 2] = False
+        ect[i] = True
+    out = beats.copy()
+    out[ect] -= mean_rr * rng.uniform(0.30, 0.45, int(ect.sum()))
+    return out, ect
+
+
 @functools.lru_cache(maxsize=8)
 def _generate(params_json: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = ECGSyntheticParams.model_validate_json(params_json)
@@ -202,8 +296,9 @@ def _generate(params_json: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     site_seqs = np.random.SeedSequence([seed, 0xEC6]).spawn(p.num_sites)
     xs, ys, ss = [], [], []
     for h, seq in enumerate(site_seqs):
-        rng_prof, rng_bank, rng_lab, rng_rec = (np.random.default_rng(s) for s in seq.spawn(4))
-        profile = _site_profile(rng_prof, fs)
+        streams = seq.spawn(5)  # the first four as before: defaults give the same data
+        rng_prof, rng_bank, rng_lab, rng_rec, rng_shift = (np.random.default_rng(s) for s in streams)
+        profile = _site_profile(rng_prof, fs) | _site_shift(rng_shift, p.site_shift)
         bank = _make_bank(profile, p.num_classes, rng_bank)
         m = p.records_per_site
         if p.class_alpha is None:

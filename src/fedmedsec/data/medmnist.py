@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 
 
 class MedMNISTParams(Params):
-    path: str = Field(description="a MedMNIST .npz file (never downloaded)")
+    path: str | list[str] = Field(description="a MedMNIST .npz file (never downloaded), or one per hospital (a list, or a directory of .npz files)")
     use_val: bool = Field(True, description="merge the val split into the training pool")
     num_classes: int | None = Field(None, ge=2, description="default: max label + 1")
 

@@ -1,11 +1,16 @@
-"""From a config to federated data: load, hold out, partition, split, preprocess.
+"""From a config to federated data, in one of two ways.
 
-Order matters for honest numbers: (1) the server's held-out test set is split off first
-(or the dataset's official test split is used); (2) the rest is partitioned across
+One pooled file split by the simulator: (1) the server's held-out test set is split off
+first (or the dataset's official test split is used); (2) the rest is partitioned across
 hospitals; (3) each hospital splits its records into local train and test; (4)
-preprocessing (imputation, standardisation) is fitted on the union of the hospitals'
-training splits only, then applied to everything. In a real federation step (4) is a
-federated mean/variance (e.g. by secure aggregation); pooling gives the same numbers.
+preprocessing (imputation, standardisation) is fitted from the hospitals' training
+statistics only (``data.preprocess``: counts and sums combined at the server, or each
+hospital's own), then applied to everything.
+
+One file per hospital (``data.path`` a list or a directory): the protocol of
+``data.local`` (describe, agree on an encoding, split locally, combine statistics), the
+same a deployment runs with one file per SuperNode; the server holds no test set unless
+``data.server_test`` names one.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..streams import Stream, seed_sequence
+from ..streams import Stream, rng, seed_sequence
+from . import local
 from .base import DATASETS, DataError, RawData
 from .partition import PARTITIONERS, PartitionError
+from .preprocess import Preprocessor, column_stats
 
 
 @dataclass
@@ -48,6 +56,12 @@ class FederatedData:
     class_names: list[str] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     positive_label: int | None = None  # the class of interest for sensitivity, or None
+    class_counts: np.ndarray | None = None  # training records per class, all hospitals
+    feature_names: list[str] | None = None
+    #: the agreed encoding (hospital files) and the preprocessing the server sent: what a
+    #: SuperNode needs, besides its own file, to build the same model input
+    encoding: dict | None = None
+    preprocessing: dict | None = None
 
     @property
     def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
@@ -78,35 +92,6 @@ def _stratified_split(
     return np.sort(keep), np.sort(out).astype(np.int64)
 
 
-def _fit_preprocessor(raw: RawData, x_train: np.ndarray):
-    """Returns transform(x) -> x fitted on training rows only (tabular: imputation with the
-    training medians / modes, then standardisation of non-categorical columns; image/ECG:
-    identity: images stay in [0, 1] so triggers keep their meaning, ECG records are
-    standardised per record by their loaders)."""
-    if raw.modality != "tabular":
-        return lambda x: x, ()
-    from .csv_table import impute_apply, impute_fit
-
-    x2 = x_train.reshape(len(x_train), -1)
-    stats = impute_fit(x2, raw.categorical)
-    filled, n_missing = impute_apply(x2, stats)
-    mu = filled.mean(axis=0)
-    sd = filled.std(axis=0)
-    sd = np.where(sd < 1e-8, 1.0, sd)
-    if raw.categorical is not None:
-        cat = np.asarray(raw.categorical, dtype=bool)
-        mu = np.where(cat, 0.0, mu)
-        sd = np.where(cat, 1.0, sd)
-    mu, sd = mu.astype(np.float32), sd.astype(np.float32)
-
-    def transform(x: np.ndarray) -> np.ndarray:
-        flat, _ = impute_apply(x.reshape(len(x), -1), stats)
-        return ((flat - mu) / sd).astype(np.float32).reshape(x.shape)
-
-    notes = (f"imputed {n_missing} missing training values (medians / modes of the training data)",) if n_missing else ()
-    return transform, notes
-
-
 def _config_key(data_cfg: dict, seed: int, root_size: int) -> str:
     blob = json.dumps({"data": data_cfg, "seed": seed, "root": root_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -118,18 +103,36 @@ _CACHE: dict[str, FederatedData] = {}
 DEFAULT_HOSPITALS = 10
 
 
-def build_federated_data(cfg) -> FederatedData:
-    """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
-    across rounds) by the data section, the seed and the FLTrust root-set size."""
+def root_set_size(cfg) -> int:
+    """The server's clean root set size when the rule needs one (FLTrust), else 0."""
     from ..aggregators import AGGREGATORS
 
     needs_root = AGGREGATORS.get(cfg.defense.name).meta.get("needs_reference", False)
-    root = cfg.defense.root_size if needs_root else 0
+    return cfg.defense.root_size if needs_root else 0
+
+
+def carve_root(cfg, x_test: np.ndarray, y_test: np.ndarray, root_size: int):
+    """(root_x, root_y, x_test, y_test): the root set drawn from the server's own test
+    file (hospital-local data: the coordinator's only records), the rest stays its test."""
+    if len(y_test) <= root_size:
+        raise DataError(f"defense.root_size = {root_size}: the server's root set comes from "
+                        f"data.server_test, which has {len(y_test)} records (give data.server_test "
+                        "when the hospitals hold the data)")
+    perm = rng(cfg.experiment.seed, Stream.DATA_SPLIT).permutation(len(y_test))
+    keep = np.sort(perm[root_size:])
+    return x_test[perm[:root_size]], y_test[perm[:root_size]], x_test[keep], y_test[keep]
+
+
+def build_federated_data(cfg) -> FederatedData:
+    """Federated data for ``cfg`` (a ``Config``); cached per process (Ray actors are reused
+    across rounds) by the data section, the seed and the FLTrust root-set size."""
+    root = root_set_size(cfg)
     key = _config_key(cfg.to_dict()["data"], cfg.experiment.seed, root)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _build(cfg, root)
+        files = local.hospital_files(cfg)
+        _CACHE[key] = _build(cfg, root) if files is None else _build_per_hospital(cfg, files, root)
     return _CACHE[key]
 
 
@@ -174,32 +177,75 @@ def _build(cfg, root_size: int) -> FederatedData:
         tr, te = _stratified_split(y[idx], d.local_test_fraction, rng_local)
         hosp_idx.append((idx[tr], idx[te]))
     train_rows = np.concatenate([tr for tr, _ in hosp_idx])
-    transform, notes = _fit_preprocessor(raw, x[train_rows])
-    xt = transform(x)
-    hospitals = [
-        HospitalData(
-            id=h,
-            name=site_names[h] if site_names else f"hospital-{h}",
-            x_train=xt[tr], y_train=y[tr], x_test=xt[te], y_test=y[te],
-        )
-        for h, (tr, te) in enumerate(hosp_idx)
-    ]
-    train_x = xt[train_rows]
+    stats = [column_stats(x[tr]) for tr, _ in hosp_idx]
+    prep = local.preprocessing(cfg, stats, raw.modality, raw.categorical)
+    combined = Preprocessor.from_dict(prep["combined"])
+    hospitals, n_imputed = [], 0
+    for h, (tr, te) in enumerate(hosp_idx):
+        p = local.preprocessor_for(prep, h)
+        x_tr, m_tr = p.apply(x[tr])
+        x_te, m_te = p.apply(x[te])
+        n_imputed += m_tr
+        hospitals.append(HospitalData(id=h, name=site_names[h] if site_names else f"hospital-{h}",
+                                      x_train=x_tr, y_train=y[tr], x_test=x_te, y_test=y[te]))
+    notes = (f"imputed {n_imputed} missing training values (federated means / modes of the hospitals' "
+             "training data)",) if n_imputed else ()
     return FederatedData(
         hospitals=hospitals,
-        x_test=transform(x_test),
+        x_test=combined.apply(x_test)[0],
         y_test=y_test,
         num_classes=raw.num_classes,
         modality=raw.modality,
         input_shape=raw.input_shape,
-        feature_low=train_x.min(axis=0),
-        feature_high=train_x.max(axis=0),
-        root_x=transform(root_x) if root_x is not None else None,
+        feature_low=combined.low.astype(np.float32).reshape(raw.input_shape),
+        feature_high=combined.high.astype(np.float32).reshape(raw.input_shape),
+        root_x=combined.apply(root_x)[0] if root_x is not None else None,
         root_y=root_y,
         class_names=raw.class_names,
+        feature_names=raw.feature_names,
         notes=tuple(raw.notes) + tuple(notes),
+        class_counts=np.bincount(y[train_rows], minlength=raw.num_classes),
         positive_label=positive_label(d.positive_class if d.positive_class is not None
                                       else raw.positive_class, raw),
+        preprocessing=prep,
+    )
+
+
+def _build_per_hospital(cfg, files: list[Path], root_size: int) -> FederatedData:
+    """One file per hospital, all in this process: the protocol of ``data.local`` (describe,
+    agree, open, combine statistics, finish) exactly as a deployment runs it."""
+    d = cfg.data
+    if d.num_hospitals is not None and d.num_hospitals != len(files):
+        raise DataError(f"data.num_hospitals = {d.num_hospitals}: data.path has {len(files)} hospital files")
+    described = [local.describe(cfg, f) for f in files]
+    encoding = local.agree(cfg, described)
+    opened = [local.open_hospital(cfg, f, encoding, i) for i, f in enumerate(files)]
+    first = opened[0].raw
+    prep = local.preprocessing(cfg, [h.stats for h in opened], first.modality, first.categorical)
+    hospitals = [local.finish(h, prep) for h in opened]
+    combined = Preprocessor.from_dict(prep["combined"])
+    x_test = np.zeros((0,) + first.input_shape, np.float32)
+    y_test = np.zeros(0, np.int64)
+    root_x = root_y = None
+    if d.server_test is not None:
+        raw_t = local.encode(cfg, d.server_test, encoding)
+        xs = [raw_t.x] + ([raw_t.x_test] if raw_t.x_test is not None else [])
+        ys = [raw_t.y] + ([raw_t.y_test] if raw_t.y_test is not None else [])
+        x_test, y_test = combined.apply(np.concatenate(xs))[0], np.concatenate(ys).astype(np.int64)
+    if root_size:
+        root_x, root_y, x_test, y_test = carve_root(cfg, x_test, y_test, root_size)
+    counts = sum(np.bincount(h.y_train, minlength=first.num_classes) for h in opened)
+    return FederatedData(
+        hospitals=hospitals, x_test=x_test, y_test=y_test, num_classes=first.num_classes,
+        modality=first.modality, input_shape=first.input_shape,
+        feature_low=combined.low.astype(np.float32).reshape(first.input_shape),
+        feature_high=combined.high.astype(np.float32).reshape(first.input_shape),
+        root_x=root_x, root_y=root_y, class_names=first.class_names, feature_names=first.feature_names,
+        notes=(f"{len(files)} hospital files ({', '.join(h.name for h in hospitals[:6])}"
+               f"{', ...' if len(hospitals) > 6 else ''}); preprocessing {d.preprocess}",),
+        class_counts=counts,
+        positive_label=positive_label(d.positive_class, first),
+        encoding=encoding, preprocessing=prep,
     )
 
 

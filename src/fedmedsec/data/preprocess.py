@@ -128,7 +128,8 @@ def fit(stats: Stats, modality: str, categorical: np.ndarray | None = None) -> P
     mean = (stats.total + m * fill) / n
     var = np.maximum((stats.total_sq + m * fill * fill) / n - mean * mean, 0.0)
     sd = np.sqrt(var)
-    sd = np.where(sd < 1e-8, 1.0, sd)
+    # a constant column: its variance from sums is rounding noise of order eps * mean^2
+    sd = np.where(var <= 1e-12 * np.maximum(1.0, mean * mean), 1.0, sd)
     mu = np.where(cat, 0.0, mean)
     sd = np.where(cat, 1.0, sd)
     # the transformed range of the training data: observed extremes, and the fill value

@@ -19,7 +19,7 @@ run config (``[tool.flwr.app.config]``, or ``flwr run . --run-config``), flat ty
   ===================  =======  ==========================================================
 
 e.g. ``flwr run . --run-config 'num-server-rounds=5 attack="sign_flip" overrides="attack.fraction=0.2"'``.
-It runs ``engine.run_experiment`` with the grid as its transport (``transport.FlowerTransport``,
+It runs ``engine.run_experiment`` over the grid (``transport.connect``: ``transport.FlowerTransport``,
 one SuperNode per hospital): the same round loop, checks and run directory as ``fedmedsec
 run``. A federation whose size differs from ``data.num_hospitals`` (``num-supernodes`` of a
 simulation) stops at the first discovery reply with a one-line error.
@@ -36,11 +36,15 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import ConfigError, load_config
+from ..data.base import DataError
+from ..data.partition import PartitionError
 from ..engine import run_experiment
+from ..rounds import RunFailed
 from .client_app import app as client_app
-from .transport import FlowerTransport
+from .transport import connect
 
 server_app = ServerApp()
+USER_ERRORS = (ConfigError, DataError, PartitionError, RunFailed)
 
 __all__ = ["RUN_CONFIG", "client_app", "overrides_from_run_config", "server_app"]
 
@@ -95,12 +99,15 @@ def _find_config(name: str) -> Path:
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    config, overrides, out_text = overrides_from_run_config(dict(context.run_config))
-    cfg = load_config(_find_config(config), overrides)
-    out = Path(out_text) if out_text else Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-
     def progress(row: dict) -> None:
         print(f"round {row['round']}: accuracy {row['clean_accuracy']:.3f}", flush=True)
 
-    run_experiment(cfg, out, on_round=progress, transport=lambda setup: FlowerTransport(grid, setup))
+    try:
+        config, overrides, out_text = overrides_from_run_config(dict(context.run_config))
+        cfg = load_config(_find_config(config), overrides)
+        out = Path(out_text) if out_text else Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        run_experiment(cfg, out, on_round=progress, connect=lambda c: connect(grid, c))
+    except USER_ERRORS as e:  # a user's or a hospital's mistake: one line, no traceback
+        print(f"error: {e}", flush=True)
+        return
     print(f"run directory: {out.resolve()}", flush=True)

@@ -1,8 +1,7 @@
 """The hospital's ClientApp (Flower Message API).
 
 Messages carry the global model arrays and a config record with ``server-round`` and the
-resolved experiment config (TOML), so one ClientApp serves every experiment (the Setup is
-built once per config and process, or received from the simulation driver). The node's
+resolved experiment config (TOML), so one ClientApp serves every experiment. The node's
 ``partition-id`` comes from ``context.node_config`` (set by the simulation engine, or by
 ``--node-config`` on a real SuperNode, which may also give ``data-path`` and ``role``).
 
@@ -13,29 +12,38 @@ node play the configured attack (red-team runs), ``role = "honest"`` keeps it ho
 Two kinds of messages:
 
 - ``train`` / ``evaluate`` (a deployment, ``flwr run``): the node is one hospital, its
-  ``partition-id``; its state across rounds is ``context.state["fedmedsec"]``;
+  ``partition-id``; its state across rounds is ``context.state["fedmedsec"]`` (and
+  ``"fedmedsec-arrays"`` for tensors);
 - ``train.batch`` / ``evaluate.batch`` (the Ray simulation, ``batched.BatchedFlowerTransport``):
   node k of K (``partition-id`` k, ``num-partitions`` K) serves the hospitals with
   ``partition_id % K == k``; the config's ``partition-ids`` lists those asked in this
-  message. Each hospital's reply stays separate: records ``"<pid>/arrays"`` and
-  ``"<pid>/metrics"`` (train), ``"<pid>/metrics"``, ``"<pid>/counts-clean"`` and
-  ``"<pid>/counts-trigger"`` (evaluate), the same records as a one-hospital reply, or
-  ``"<pid>/error"`` (a ConfigRecord with ``reason``) when that hospital failed. Each
-  hospital's state is ``context.state["fedmedsec/<pid>"]``, emptied when the config's
-  ``run-token`` changes (the next run of a sweep on the same nodes).
+  message. Each hospital's reply stays separate: the records of a one-hospital reply under
+  ``"<pid>/"`` (``"<pid>/arrays"``, ``"<pid>/metrics"``; ``"<pid>/metrics"``,
+  ``"<pid>/counts-clean"``, ...), or ``"<pid>/error"`` (a ConfigRecord with ``reason``) when
+  that hospital failed. Each hospital's state is ``context.state["fedmedsec/<pid>"]`` (and
+  ``"fedmedsec-arrays/<pid>"``), emptied when the config's ``run-token`` changes (the next
+  run of a sweep on the same nodes).
+
+The Setup is built once per config and process (``experiment.setup_from_toml``), or
+received from the simulation driver (``preload_setup``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import resource
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client import local_evaluate, local_train
+from ..data.base import DataError
+from ..data.partition import PartitionError
+from ..deployment import node_setup
 from ..experiment import Setup, setup_from_toml
 from ..training import set_torch_threads
 from .records import record_to_vector, to_record
@@ -50,6 +58,13 @@ _MAX_PRELOADED = 2
 BATCH = "batch"  # the message action of the batched handlers ("train.batch", "evaluate.batch")
 
 
+def _protect_loggers() -> None:
+    """Import Opacus through ``fedmedsec.privacy`` (which keeps the root and flwr loggers
+    as they are) before anything that may import it directly (DP-SGD checks of a Setup);
+    only then, so a node that never needs Opacus starts without it."""
+    from .. import privacy as _privacy  # noqa: F401
+
+
 def setup_key(cfg_text: str) -> str:
     """The cache key of a resolved config's text (the same on the driver and the nodes)."""
     return hashlib.sha256(cfg_text.encode()).hexdigest()
@@ -59,7 +74,7 @@ def preload_setup(key: str, blob: bytes, needs_privacy: bool = False) -> bool:
     """Cache the driver's pickled Setup under ``key`` (simulation only: the driver's actor
     call, never a message, so no node unpickles what a server sends)."""
     if needs_privacy:
-        from .. import privacy as _privacy  # noqa: F401 - Opacus imported with loggers protected
+        _protect_loggers()
     _PRELOADED[key] = pickle.loads(blob)
     while len(_PRELOADED) > _MAX_PRELOADED:
         _PRELOADED.pop(next(iter(_PRELOADED)))
@@ -70,9 +85,7 @@ def _setup(cfg_text: str) -> Setup:
     setup = _PRELOADED.get(setup_key(cfg_text))
     if setup is not None:
         return setup
-    # build_setup may import Opacus (DP-SGD checks): import it first with loggers protected
-    from .. import privacy as _privacy  # noqa: F401
-
+    _protect_loggers()
     return setup_from_toml(cfg_text)
 
 
@@ -99,12 +112,34 @@ def _with_data_path(cfg_text: str, data_path: str) -> str:
 
 def _node(msg: Message, context: Context):
     cfg_text = str(msg.content["config"]["fedmedsec-config"])
+    pid = int(context.node_config["partition-id"])
     data_path = context.node_config.get("data-path")
+    if "fedmedsec-data" in msg.content["config"]:
+        # hospital-local data: this node's own file, encoded and preprocessed as agreed
+        _protect_loggers()
+        setup = node_setup(_config(cfg_text), json.loads(str(msg.content["config"]["fedmedsec-data"])),
+                           _own_file(context), pid)
+        return setup, setup.data.hospitals[pid], pid
     if data_path:
         cfg_text = _with_data_path(cfg_text, str(data_path))
     setup = _setup(cfg_text)
-    pid = int(context.node_config["partition-id"])
     return setup, setup.data.hospitals[pid], pid
+
+
+def _config(text: str):
+    import tomllib
+
+    from ..config import config_from_dict
+
+    return config_from_dict(tomllib.loads(text))
+
+
+def _own_file(context: Context) -> str:
+    path = context.node_config.get("data-path")
+    if not path:
+        raise DataError("this hospital's node has no data-path in its node config: it opens only its "
+                        "own file, named there")
+    return str(path)
 
 
 def _role(context: Context) -> bool | None:
@@ -114,14 +149,33 @@ def _role(context: Context) -> bool | None:
     return str(role).lower() in ("attacker", "malicious")
 
 
-def _state(context: Context) -> ConfigRecord:
-    """This node's state across rounds (e.g. the DP accountant's history)."""
-    if "fedmedsec" not in context.state:
-        context.state["fedmedsec"] = ConfigRecord()
-    return context.state["fedmedsec"]
+def _state_keys(pid: int | None) -> tuple[str, str]:
+    return ("fedmedsec", "fedmedsec-arrays") if pid is None else (f"fedmedsec/{pid}", f"fedmedsec-arrays/{pid}")
 
 
-def _train_records(setup: Setup, pid: int, global_vec, server_round: int, state: Any, model,
+def load_state(context: Context, pid: int | None = None) -> dict:
+    """This hospital's state across rounds as a plain dict (e.g. the DP accountant's
+    history, an attack's last global model): scalars and lists live in a ConfigRecord,
+    tensors in an ArrayRecord of ``context.state`` (per hospital ``pid`` on a batched node)."""
+    values, arrays = _state_keys(pid)
+    out: dict = {}
+    if values in context.state:
+        out.update(dict(context.state[values]))
+    if arrays in context.state:
+        for k, a in context.state[arrays].items():
+            out[k] = torch.from_numpy(a.numpy().copy())
+    return out
+
+
+def save_state(context: Context, state: dict, pid: int | None = None) -> None:
+    values, arrays = _state_keys(pid)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    context.state[values] = ConfigRecord({k: v for k, v in state.items() if k not in tensors})
+    if tensors:
+        context.state[arrays] = ArrayRecord({k: v.detach().clone() for k, v in tensors.items()})
+
+
+def _train_records(setup: Setup, pid: int, global_vec, server_round: int, state: dict, model,
                    malicious: bool | None) -> dict[str, Any]:
     """One hospital's train reply: its local model (``arrays``) and ``metrics``."""
     local, metrics = local_train(setup, setup.data.hospitals[pid], global_vec, server_round, state,
@@ -129,12 +183,16 @@ def _train_records(setup: Setup, pid: int, global_vec, server_round: int, state:
     return {"arrays": to_record(model, local), "metrics": MetricRecord(metrics)}
 
 
-def _evaluate_records(setup: Setup, pid: int, global_vec) -> dict[str, Any]:
-    """One hospital's evaluation reply: ``metrics`` and the counts the server merges."""
-    metrics, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec)
+def _evaluate_records(setup: Setup, pid: int, global_vec, server_round: int) -> dict[str, Any]:
+    """One hospital's evaluation reply: ``metrics`` and what the server merges."""
+    metrics, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec, server_round)
     content = {"metrics": MetricRecord(metrics), "counts-clean": MetricRecord(ev.clean.to_dict())}
     if ev.trigger is not None:
         content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
+    if ev.robustness is not None:
+        content["evasion"] = ConfigRecord({"rows": json.dumps(ev.robustness)})
+    if ev.mia is not None:
+        content["mia"] = ConfigRecord({"audit": json.dumps(ev.mia)})
     return content
 
 
@@ -144,7 +202,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
-    content = _train_records(setup, pid, global_vec, server_round, _state(context), model, _role(context))
+    state = load_state(context)
+    content = _train_records(setup, pid, global_vec, server_round, state, model, _role(context))
+    save_state(context, state)
     return Message(content=RecordDict(content), reply_to=msg)
 
 
@@ -153,7 +213,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
-    return Message(content=RecordDict(_evaluate_records(setup, pid, global_vec)), reply_to=msg)
+    server_round = int(msg.content["config"]["server-round"])
+    return Message(content=RecordDict(_evaluate_records(setup, pid, global_vec, server_round)), reply_to=msg)
 
 
 # ---------------------------------------------------------------------- batched (simulation)
@@ -174,23 +235,14 @@ def _batch(msg: Message, context: Context) -> tuple[Setup, list[int]]:
     return setup, pids
 
 
-def hospital_states(context: Context, run_token: str):
-    """pid -> that hospital's state record on this node, for the run ``run_token``; the
-    states of an earlier run are dropped."""
+def start_run(context: Context, run_token: str) -> None:
+    """Drop the hospital states of an earlier run on this node (another ``run-token``)."""
     st = context.state
     run = st.get("fedmedsec-run")
     if run is None or run.get("token") != run_token:
-        for key in [k for k in st.keys() if k.startswith("fedmedsec/")]:
+        for key in [k for k in st.keys() if k.startswith(("fedmedsec/", "fedmedsec-arrays/"))]:
             del st[key]
         st["fedmedsec-run"] = ConfigRecord({"token": run_token})
-
-    def state(pid: int) -> ConfigRecord:
-        key = f"fedmedsec/{pid}"
-        if key not in st:
-            st[key] = ConfigRecord()
-        return st[key]
-
-    return state
 
 
 def _node_record() -> MetricRecord:
@@ -206,14 +258,16 @@ def train_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
     cfg = msg.content["config"]
     server_round = int(cfg["server-round"])
-    states = hospital_states(context, str(cfg["run-token"]))
+    start_run(context, str(cfg["run-token"]))
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
     out = RecordDict()
     for pid in pids:
         try:
-            for name, record in _train_records(setup, pid, global_vec, server_round, states(pid), model,
-                                               None).items():
+            state = load_state(context, pid)
+            records = _train_records(setup, pid, global_vec, server_round, state, model, None)
+            save_state(context, state, pid)
+            for name, record in records.items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001 - one hospital's failure is its own reply
             out[f"{pid}/error"] = _error_record(e)
@@ -224,12 +278,13 @@ def train_batch(msg: Message, context: Context) -> Message:
 @app.evaluate(BATCH)
 def evaluate_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
     out = RecordDict()
     for pid in pids:
         try:
-            for name, record in _evaluate_records(setup, pid, global_vec).items():
+            for name, record in _evaluate_records(setup, pid, global_vec, server_round).items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001
             out[f"{pid}/error"] = _error_record(e)
@@ -239,10 +294,32 @@ def evaluate_batch(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Who are you: the partition id (and the federation size where the node knows it,
-    ``num-partitions``), so the server can key everything by partition id."""
-    nc = context.node_config
-    metrics = {"partition-id": float(int(nc.get("partition-id", -1)))}
-    if "num-partitions" in nc:
-        metrics["num-partitions"] = float(int(nc["num-partitions"]))
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    """Who are you (the partition id, so the server can key everything by it, and the
+    federation size ``num-partitions`` where the node config has it), or one step
+    of the hospital-local data protocol (``deployment.py``): this node's schema, or the
+    statistics of its training rows under the agreed encoding. Only schemas and statistics
+    leave; a mistake in the node's file comes back as one line."""
+    pid = int(context.node_config.get("partition-id", -1))
+    cfg_rec = msg.content["config"] if "config" in msg.content else {}
+    stage = cfg_rec.get("fedmedsec-stage") if cfg_rec else None
+    if stage is None:  # with the federation size where the node knows it (num-partitions)
+        metrics = {"partition-id": float(pid)}
+        if "num-partitions" in context.node_config:
+            metrics["num-partitions"] = float(int(context.node_config["num-partitions"]))
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    from ..config import ConfigError
+    from ..deployment import node_schema, node_statistics
+
+    try:
+        cfg = _config(str(cfg_rec["fedmedsec-config"]))
+        payload = json.loads(str(cfg_rec.get("payload", "{}")))
+        if stage == "schema":
+            result = node_schema(cfg, _own_file(context))
+        elif stage == "stats":
+            result = node_statistics(cfg, _own_file(context), payload["encoding"], pid)
+        else:
+            raise DataError(f"unknown data-protocol stage {str(stage)[:40]!r}")
+        reply = ConfigRecord({"result": json.dumps(result)})
+    except (DataError, ConfigError, PartitionError) as e:
+        reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
+    return Message(content=RecordDict({"config": reply}), reply_to=msg)

@@ -11,6 +11,7 @@ now, picks up hospitals that (re)joined, and a sampled hospital that has not rep
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -33,15 +34,17 @@ class FlowerTransport:
     """Transport over ``grid``: hospitals are the nodes that answered the discovery query
     with their ``partition-id``."""
 
-    def __init__(self, grid, setup: Setup) -> None:
+    def __init__(self, grid, setup: Setup, node_of: dict[int, int] | None = None,
+                 spec: dict | None = None) -> None:
         cfg = setup.cfg
         self.grid = grid
         self.setup = setup
         self.template = setup.new_model()
         self.config_text = cfg.to_toml()
+        self.spec_text = json.dumps(spec) if spec is not None else None
         self.timeout = cfg.experiment.round_timeout
-        self.node_of = discover_nodes(grid, setup.n, timeout=max(self.timeout, START_TIMEOUT),
-                                      minimum=cfg.experiment.min_hospitals)
+        self.node_of = node_of if node_of is not None else discover_nodes(
+            grid, setup.n, timeout=max(self.timeout, START_TIMEOUT), minimum=cfg.experiment.min_hospitals)
         self.pid_of = {v: k for k, v in self.node_of.items()}  # every node id ever mapped
         self.ignored: set[int] = set()  # nodes with a duplicate or unknown partition id
 
@@ -73,7 +76,10 @@ class FlowerTransport:
         """Push one message per reachable pid; returns (replies, message id -> pid of the
         node it was sent to, pids that did not reply)."""
         arrays = to_record(self.template, global_vec)
-        config = ConfigRecord({"server-round": server_round, "fedmedsec-config": self.config_text})
+        config = {"server-round": server_round, "fedmedsec-config": self.config_text}
+        if self.spec_text is not None:  # hospital-local data: the agreed encoding and preprocessing
+            config["fedmedsec-data"] = self.spec_text
+        config = ConfigRecord(config)
         sent = [Message(content=RecordDict({"arrays": arrays, "config": config}),
                         message_type=message_type, dst_node_id=self.node_of[p])
                 for p in pids if p in self.node_of]
@@ -118,8 +124,8 @@ def parse_evaluate_reply(pid: int, msg: Message, num_classes: int) -> ClientEval
 
 def parse_evaluate_content(pid: int, content, num_classes: int) -> ClientEval | None:
     """``parse_evaluate_reply`` on one hospital's records (``content`` maps the record names
-    "metrics", "counts-clean", "counts-trigger" to records: a reply's content, or one
-    hospital's part of a batched reply)."""
+    "metrics", "counts-clean", "counts-trigger", "evasion", "mia" to records: a reply's
+    content, or one hospital's part of a batched reply)."""
     try:
         m = content["metrics"]
         clean = ClassificationCounts.from_dict(dict(content["counts-clean"]))
@@ -127,8 +133,18 @@ def parse_evaluate_content(pid: int, content, num_classes: int) -> ClientEval | 
                    if "counts-trigger" in content else None)
         if clean.num_classes != num_classes or (trigger is not None and trigger.num_classes != num_classes):
             return None
+        rows = None
+        if "evasion" in content:
+            rows = json.loads(str(content["evasion"]["rows"]))
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                rows = None
+        audit = None
+        if "mia" in content:
+            audit = json.loads(str(content["mia"]["audit"]))
+            if not isinstance(audit, dict):
+                audit = None
         return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
-                          counts=EvalCounts(clean, trigger))
+                          counts=EvalCounts(clean, trigger, rows, audit))
     except Exception:  # an error or malformed evaluation reply: no evaluation
         return None
 
@@ -262,3 +278,69 @@ def discover_nodes(grid, expected: int, timeout: float, minimum: int | None = No
             f"only {len(node_of)} hospital(s) answered within {timeout:g} s; "
             f"experiment.min_hospitals = {minimum} needed")
     return node_of
+
+
+# --------------------------------------------------------------------------- deployment
+
+def connect(grid, cfg) -> tuple[Setup, FlowerTransport]:
+    """The server side of a deployment (``flwr run``): discover the hospitals' nodes and,
+    when the dataset reads files, run the hospital-local data protocol (``deployment.py``)
+    so the server never opens a data file. Returns the server's Setup and the transport."""
+    from ..config import ConfigError
+    from ..deployment import agree_encoding, check_deployment, data_spec, reads_files, server_setup
+    from ..experiment import build_setup
+
+    e = cfg.experiment
+    if not reads_files(cfg):  # embedded / generated data: every process builds the same
+        setup = build_setup(cfg)
+        setup.collude_locally = True
+        _refuse_full_knowledge(setup, ConfigError)
+        return setup, FlowerTransport(grid, setup)
+    check_deployment(cfg)
+    n = cfg.data.num_hospitals
+    node_of = discover_nodes(grid, n, timeout=max(e.round_timeout, START_TIMEOUT), minimum=e.min_hospitals)
+    text = cfg.to_toml()
+    schemas = _stage(grid, node_of, "schema", text, {}, e.round_timeout)
+    encoding = agree_encoding(cfg, schemas)
+    stats = _stage(grid, node_of, "stats", text, {"encoding": encoding}, e.round_timeout)
+    spec = data_spec(cfg, encoding, stats)
+    setup = server_setup(cfg, spec)
+    _refuse_full_knowledge(setup, ConfigError)
+    return setup, FlowerTransport(grid, setup, node_of=node_of, spec=spec)
+
+
+def _refuse_full_knowledge(setup: Setup, error) -> None:
+    a = setup.attack
+    if a is not None and a.needs_honest_updates and setup.cfg.attack.knowledge == "full":
+        raise error(f"attack.knowledge = 'full' needs every hospital's update, which only a simulation can "
+                    f"give; a red-team SuperNode uses attack.knowledge = 'partial' ({setup.cfg.attack.name})",
+                    key="attack.knowledge")
+
+
+def _stage(grid, node_of: dict[int, int], stage: str, config_text: str, payload: dict,
+           timeout: float) -> dict[int, dict]:
+    """One step of the data protocol on every node: partition id -> its JSON answer."""
+    pid_of = {v: k for k, v in node_of.items()}
+    msgs = [Message(content=RecordDict({"config": ConfigRecord({
+        "fedmedsec-stage": stage, "fedmedsec-config": config_text, "payload": json.dumps(payload)})}),
+        message_type=MessageType.QUERY, dst_node_id=node) for node in node_of.values()]
+    replies = exchange(grid, msgs, timeout)
+    dst = {m.metadata.message_id: pid_of[m.metadata.dst_node_id] for m in msgs}
+    out: dict[int, dict] = {}
+    for r in replies:
+        pid = dst.get(r.metadata.reply_to_message_id)
+        if pid is None:
+            continue
+        if r.has_error():
+            raise RunFailed(f"hospital {pid} (data protocol, {stage}): {r.error.reason[:200]}")
+        rec = r.content["config"] if "config" in r.content else {}
+        if "error" in rec:
+            raise RunFailed(f"hospital {pid}: {str(rec['error'])[:300]}")
+        try:
+            out[pid] = json.loads(str(rec["result"]))
+        except (KeyError, ValueError):
+            raise RunFailed(f"hospital {pid}: malformed answer to the data protocol ({stage})") from None
+    missing = sorted(set(node_of) - set(out))
+    if missing:
+        raise RunFailed(f"hospitals {missing} did not answer the data protocol ({stage}) within {timeout:g} s")
+    return out

@@ -1,9 +1,10 @@
 """The run's membership-inference audit of the final global model (what an
 honest-but-curious party learns about who trained it).
 
-``membership_audit`` runs the loss-threshold attack (Yeom et al. 2018) overall and per
-hospital, and offline LiRA (Carlini et al. 2022) when shadow models are asked for; the
-attacks themselves are in :mod:`fedmedsec.privacy.mia`.
+Each hospital runs the loss-threshold attack (Yeom et al. 2018) against its own records
+(``mia.hospital_audit``); ``membership_audit`` merges what they report, and adds offline
+LiRA (Carlini et al. 2022) when shadow models are asked for; the attacks themselves are in
+:mod:`fedmedsec.privacy.mia`.
 """
 
 from __future__ import annotations
@@ -14,36 +15,50 @@ import numpy as np
 from torch import nn
 
 from ..streams import Stream
-from ..training import train_local
-from .mia import lira_offline, mia_evaluate
+from ..training import train_kwargs, train_local
+from .mia import histogram_of, lira_offline, roc_from_histograms
 
 if TYPE_CHECKING:
     from ..experiment import Setup
 
 
-def membership_audit(setup: Setup, model: nn.Module) -> dict[str, Any] | None:
-    """Loss-threshold membership inference on ``model``: members are the hospitals'
-    training records, non-members every held-out record of the same distribution (the
-    server's test set and the hospitals' test splits), balanced by subsampling the larger
-    side; per hospital against its own test split where both sides have >= 5 records.
-    None when ``experiment.mia`` is off."""
+def membership_audit(setup: Setup, model: nn.Module, audits: dict[int, dict]) -> dict[str, Any] | None:
+    """The run's membership-inference result from the hospitals' own audits
+    (``mia.hospital_audit``: each hospital attacks the final global model with its training
+    records as members and its test split as non-members, on its own machine): overall AUC
+    and TPR at 1% FPR from the merged loss histograms, the same per hospital, and offline
+    LiRA when asked for and the records are in this process (simulation). None when
+    ``experiment.mia`` is off or no hospital reported."""
     cfg = setup.cfg
-    if not cfg.experiment.mia:
+    if not cfg.experiment.mia or not audits:
         return None
+    good = {}
+    for pid, a in audits.items():
+        try:
+            good[pid] = (histogram_of(a, "members"), histogram_of(a, "nonmembers"))
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed audit from one hospital is left out
+    audits = {p: audits[p] for p in good}
+    if not good:
+        return None
+    hm = sum(h[0] for h in good.values())
+    hn = sum(h[1] for h in good.values())
+    try:
+        res = roc_from_histograms(hm, hn)
+    except ValueError:
+        return None
+    out: dict[str, Any] = {
+        "attack": "loss_threshold", "auc": res.auc, "tpr_at_1pct_fpr": res.tpr_at_1pct_fpr,
+        "n_members": res.n_members, "n_nonmembers": res.n_nonmembers, "evaluated_on": "hospitals",
+        "per_hospital_auc": {str(p): a["auc"] for p, a in sorted(audits.items()) if a["auc"] is not None},
+        "per_hospital_tpr_at_1pct_fpr": {str(p): a["tpr_at_1pct_fpr"] for p, a in sorted(audits.items())
+                                         if a["tpr_at_1pct_fpr"] is not None},
+    }
     d = setup.data
-    members = d.pooled_train
-    nonmembers = (np.concatenate([d.x_test] + [h.x_test for h in d.hospitals]),
-                  np.concatenate([d.y_test] + [h.y_test for h in d.hospitals]))
-    res = mia_evaluate(model, members, nonmembers, setup.rng(Stream.MEMBERSHIP_INFERENCE))
-    per: dict[str, float] = {}
-    for h in d.hospitals:
-        if min(len(h.y_train), len(h.y_test)) >= 5:
-            r = mia_evaluate(model, (h.x_train, h.y_train), (h.x_test, h.y_test),
-                             setup.rng(Stream.MEMBERSHIP_INFERENCE, h.id))
-            per[str(h.id)] = r["auc"]
-    out = {**res, "per_hospital_auc": per}
-    if cfg.experiment.mia_lira_shadows:
-        out["lira"] = lira_audit(setup, model, members, nonmembers)
+    if cfg.experiment.mia_lira_shadows and all(len(h.y_train) for h in d.hospitals):
+        nonmembers = (np.concatenate([d.x_test] + [h.x_test for h in d.hospitals]),
+                      np.concatenate([d.y_test] + [h.y_test for h in d.hospitals]))
+        out["lira"] = lira_audit(setup, model, d.pooled_train, nonmembers)
     return out
 
 
@@ -66,9 +81,10 @@ def lira_audit(setup: Setup, model: nn.Module, members, nonmembers) -> dict[str,
 
     def train_shadow(idx: np.ndarray) -> nn.Module:
         shadow = setup.new_model()
-        train_local(shadow, xn[pop][idx], yn[pop][idx],
-                    epochs=cfg.experiment.rounds * t.local_epochs, batch_size=t.batch_size,
-                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        # the hospitals' recipe over the whole run: rounds x local_epochs epochs, one optimiser
+        kw = train_kwargs(t, setup.data.modality)
+        kw["epochs"] = cfg.experiment.rounds * t.local_epochs
+        train_local(shadow, xn[pop][idx], yn[pop][idx], **kw,
                     generator=setup.generator(Stream.LIRA_SHADOW, shadows_trained[0]))
         shadows_trained[0] += 1
         return shadow

@@ -34,6 +34,10 @@ __all__ = [
     "logit_confidence",
     "mia_evaluate",
     "lira_offline",
+    "hospital_audit",
+    "loss_histogram",
+    "roc_from_histograms",
+    "histogram_of",
 ]
 
 
@@ -173,6 +177,69 @@ def mia_evaluate(
         "tpr_at_1pct_fpr": res.tpr_at_1pct_fpr,
         "n": res.n_members,
     }
+
+
+#: loss histograms for merging membership scores across hospitals: log10(loss) in
+#: [LOSS_LOG_LOW, LOSS_LOG_HIGH] on LOSS_BINS equal bins (0.004 decades each)
+LOSS_BINS = 4096
+LOSS_LOG_LOW, LOSS_LOG_HIGH = -12.0, 4.0
+
+
+def loss_histogram(losses: np.ndarray) -> np.ndarray:
+    """int64 [LOSS_BINS] counts of per-example losses on the log10 grid (clipped to it)."""
+    ll = np.log10(np.clip(np.asarray(losses, dtype=np.float64), 10**LOSS_LOG_LOW, 10**LOSS_LOG_HIGH))
+    b = np.floor((ll - LOSS_LOG_LOW) / (LOSS_LOG_HIGH - LOSS_LOG_LOW) * LOSS_BINS).astype(np.int64)
+    return np.bincount(np.clip(b, 0, LOSS_BINS - 1), minlength=LOSS_BINS)
+
+
+def roc_from_histograms(h_members: np.ndarray, h_nonmembers: np.ndarray) -> MIAResult:
+    """The loss-threshold attack's ROC from merged loss histograms (score = -loss: bins
+    of lower loss score higher); equal to the attack on the pooled losses up to the bin
+    width. Raises ValueError when a side is empty."""
+    hm, hn = np.asarray(h_members, dtype=np.int64), np.asarray(h_nonmembers, dtype=np.int64)
+    if hm.sum() == 0 or hn.sum() == 0:
+        raise ValueError("membership inference needs members and non-members")
+    score = -np.arange(LOSS_BINS, dtype=np.float64)
+    keep_m, keep_n = hm > 0, hn > 0
+    scores = np.concatenate([score[keep_m], score[keep_n]])
+    labels = np.concatenate([np.ones(keep_m.sum()), np.zeros(keep_n.sum())])
+    weights = np.concatenate([hm[keep_m], hn[keep_n]]).astype(np.float64)
+    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    return MIAResult(auc=float(roc_auc_score(labels, scores, sample_weight=weights)),
+                     tpr_at_1pct_fpr=float(np.interp(0.01, fpr, tpr)),
+                     n_members=int(hm.sum()), n_nonmembers=int(hn.sum()))
+
+
+def hospital_audit(model: nn.Module, members: tuple[np.ndarray, np.ndarray],
+                   nonmembers: tuple[np.ndarray, np.ndarray], batch_size: int = 512) -> dict:
+    """Loss-threshold membership inference of ``model`` against one hospital's own
+    training records (members) and its own test split (non-members), computed where the
+    records are; only the scores and the loss histograms (counts, for the server's merge)
+    leave. AUC / TPR None when a side has fewer than 5 records."""
+    lm = per_example_losses(model, *members, batch_size=batch_size)
+    ln = per_example_losses(model, *nonmembers, batch_size=batch_size)
+    out = {"n_members": int(len(lm)), "n_nonmembers": int(len(ln)), "auc": None, "tpr_at_1pct_fpr": None}
+    if min(len(lm), len(ln)) >= 5 and np.isfinite(lm).all() and np.isfinite(ln).all():
+        res = loss_threshold_attack(lm, ln)
+        out.update(auc=res.auc, tpr_at_1pct_fpr=res.tpr_at_1pct_fpr)
+    hm = loss_histogram(lm[np.isfinite(lm)])
+    hn = loss_histogram(ln[np.isfinite(ln)])
+    for key, h in (("members", hm), ("nonmembers", hn)):
+        nz = np.flatnonzero(h)
+        out[f"hist_{key}_index"] = nz.tolist()
+        out[f"hist_{key}_count"] = h[nz].tolist()
+    return out
+
+
+def histogram_of(audit: dict, key: str) -> np.ndarray:
+    """The dense [LOSS_BINS] histogram of ``hospital_audit``'s sparse ``key`` side."""
+    h = np.zeros(LOSS_BINS, dtype=np.int64)
+    idx = np.asarray(audit[f"hist_{key}_index"], dtype=np.int64)
+    cnt = np.asarray(audit[f"hist_{key}_count"], dtype=np.int64)
+    if idx.shape != cnt.shape or (idx.size and (idx.min() < 0 or idx.max() >= LOSS_BINS)) or (cnt < 0).any():
+        raise ValueError("malformed loss histogram")
+    np.add.at(h, idx, cnt)
+    return h
 
 
 def lira_offline(

@@ -19,8 +19,12 @@ ROUND_COLUMNS = [
     "specificity", "attack_success_rate", "attack_success_rate_clean", "attack_success_lift",
     "triggered_miss_rate", "evaluated_on", "mean_hospital_accuracy",
     "worst_hospital_accuracy", "worst_honest_hospital_accuracy", "replies", "accepted",
-    "dropped", "epsilon", "round_seconds", "elapsed_seconds",
+    "dropped_replies", "epsilon", "round_seconds", "elapsed_seconds",
 ]
+#: the Coordinator's round-row names -> rounds.csv's (one meaning per name across the files:
+#: ``dropped_replies`` counts the replies the server refused in the round, as summary.json's
+#: ``dropped_replies`` counts them over the run)
+ROUND_RENAME = {"dropped": "dropped_replies"}
 CLIENT_COLUMNS = [
     "round", "partition_id", "hospital", "malicious", "attacking", "reported_attacking", "status", "problem",
     "accepted", "weight", "update_norm", "num_examples", "train_loss", "local_accuracy", "epsilon",
@@ -91,6 +95,7 @@ class RunDir:
         (self.path / "environment.json").write_text(json.dumps(env, indent=2))
 
     def write_progress(self, rounds: list[dict], clients: list[dict]) -> None:
+        rounds = [{ROUND_RENAME.get(k, k): v for k, v in r.items()} for r in rounds]
         write_csv(self.path / "rounds.csv", ROUND_COLUMNS, rounds)
         write_csv(self.path / "clients.csv", CLIENT_COLUMNS, clients)
 

@@ -80,7 +80,10 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         "defense": cfg.defense.name,
         "privacy_mode": cfg.privacy.mode,
         "malicious_hospitals": list(setup.attackers) if attack is not None else [],
-        "threat_model": dataclasses.asdict(attack.threat) if attack is not None else None,
+        "threat_model": (dataclasses.asdict(attack.threat_for(cfg.attack.knowledge))
+                         if attack is not None else None),
+        "attack_rounds": [r for r in range(1, cfg.experiment.rounds + 1) if setup.attack_round(r)]
+        if attack is not None else [],
         "membership_inference": None,
         "cost": {
             "seconds_per_round": float(np.mean([r["round_seconds"] for r in co.rounds])) if co.rounds else None,
@@ -104,11 +107,77 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         summary["attack_success_rate_clean"] = clean
         summary["attack_success_lift"] = asr - clean if asr is not None and clean is not None else None
         summary["clean_twin"] = {"clean_accuracy": twin["clean_accuracy"], "attack_success_rate": clean}
+    summary["backdoor_lifespan"] = backdoor_lifespan(co, summary["attack_rounds"])
+    summary.update(evasion_summary(co))
     summary.update(co.privacy_summary())
     from ..privacy.audit import membership_audit
 
-    summary["membership_inference"] = membership_audit(setup, co.global_model())
+    try:
+        summary["membership_inference"] = membership_audit(setup, co.global_model(), co.mia_audits)
+    except (KeyError, TypeError, ValueError):  # a malformed audit from a hospital
+        summary["membership_inference"] = None
     from ..sanity import run_warnings
 
     summary["warnings"] = run_warnings(co, summary)
     return summary
+
+
+def evasion_summary(co) -> dict[str, Any]:
+    """summary.json keys of the last evasion evaluation (the final model): the tidy rows
+    (one per attack and eps, plus the worst case), and per eps the worst-case robust
+    accuracy overall and per hospital, the positive class's sensitivity under attack, the
+    targeted success rate and the detection rate when a detector ran."""
+    ev = co.evasion
+    if ev is None:
+        return {"evasion": None, "robust_accuracy": None, "per_hospital_robust_accuracy": {}}
+    from ..evasion.report import WORST_CASE
+
+    def worst(rows):
+        attacks = {r["attack"] for r in rows}
+        w = WORST_CASE if WORST_CASE in attacks else next(iter(attacks), None)
+        return {f"{r['eps']:g}": r for r in rows if r["attack"] == w}
+
+    primary = ev["server"] if ev["server"] is not None else ev["combined"]
+    top = worst(primary)
+    cfg = co.cfg.evasion
+
+    def light(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("confusion")} for r in rows]
+
+    return {
+        "evasion": {"round": ev["round"], "evaluated_on": "server" if ev["server"] is not None else "hospitals",
+                    "norm": cfg.norm, "steps": cfg.steps, "targeted": cfg.targeted,
+                    "target_label": cfg.target_label, "attacks": list(cfg.attacks), "rows": light(primary),
+                    "per_hospital": {str(p): light(rows) for p, rows in sorted(ev["hospitals"].items())}},
+        "robust_accuracy": {e: r["robust_accuracy"] for e, r in top.items()},
+        "clean_accuracy_evasion_rows": {e: r["clean_accuracy"] for e, r in top.items()},
+        "robust_sensitivity": {e: r["sensitivity_robust"] for e, r in top.items()},
+        "targeted_evasion_success_rate": ({e: r["targeted_success_rate"] for e, r in top.items()}
+                                          if cfg.targeted else None),
+        "evasion_detection_rate": ({e: r.get("detection_rate") for e, r in top.items()}
+                                   if cfg.detector != "none" else None),
+        "per_hospital_robust_accuracy": {str(p): {e: r["robust_accuracy"] for e, r in worst(rows).items()}
+                                         for p, rows in sorted(ev["hospitals"].items())},
+    }
+
+
+def backdoor_lifespan(co, attack_rounds: list[int]) -> dict[str, Any] | None:
+    """How long a backdoor outlives its attackers (BackFed / FLPoison's durability):
+    after the last round the attackers acted, the rounds until the attack's success lift
+    over the clean twin (its success itself without a twin) first falls below
+    ``experiment.lifespan_threshold``, and the mean lift over those rounds (the area under
+    the curve per round). ``rounds_to_fade`` is None (``censored``) when it never fell
+    below within the run. None without a targeted attack or rounds after the window."""
+    if co.setup.attack is None or co.setup.attack.target_label is None or not attack_rounds:
+        return None
+    last = max(attack_rounds)
+    after = [r for r in co.rounds if r["round"] > last]
+    key = "attack_success_lift" if co.twin_asr else "attack_success_rate"
+    curve = [r[key] for r in after if r[key] == r[key]]  # NaN-free
+    if not curve:
+        return None
+    th = co.cfg.experiment.lifespan_threshold
+    fade = next((i + 1 for i, v in enumerate(curve) if v < th), None)
+    return {"measure": key, "threshold": th, "last_attack_round": last, "rounds_after": len(curve),
+            "rounds_to_fade": fade, "censored": fade is None, "mean_after": float(np.mean(curve)),
+            "area_after": float(np.sum(curve)), "curve": curve}

@@ -1,5 +1,7 @@
-"""``fedmedsec sweep GRID.toml --out DIR``: the cartesian product of a grid, one run directory per
-point, one tidy table (``results.csv`` and ``results.parquet``) for all.
+"""``fedmedsec sweep GRID.toml --out DIR [-s key=value ...] [--dry-run]``: the cartesian
+product of a grid, one run directory per point, and tidy tables for all of them
+(``tidy.py``): ``results`` (one row per run), ``rounds``, ``hospitals`` and ``clients`` (long),
+each as .csv and .parquet in DIR.
 
 Grid file::
 
@@ -15,6 +17,9 @@ Impossible points are normalised, not errors: keys of a section that is switched
 component keys the chosen component does not take (``attack.z`` for ``label_flip``) are
 dropped for that point; points that then resolve to the same configuration are run once.
 A point whose configuration is still invalid is recorded as failed with its one-line error.
+``-s key=value`` on the command line applies to every point like ``[fixed]`` (and wins over
+it); sweep.json records the grid, the fixed keys and these overrides. ``--dry-run`` prints the
+points with the resolved keys that differ between them and stops.
 
 Every point runs in this one process (Python, torch and Flower are imported once); points on
 the Ray backend share one Flower simulation (Ray, its actors and their imports start once,
@@ -36,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, config_from_dict, read_toml, set_dotted
+from ..config import ConfigError, config_from_dict, parse_value, read_toml, set_dotted
+from . import tidy
+from .tidy import flatten_summary  # noqa: F401 - re-exported
 
 GRID_KEYS = {"base", "grid", "fixed"}
 #: sections switched off by one of their keys; their other keys are dropped for that point
@@ -53,6 +60,8 @@ class Grid:
     base: Path
     axes: dict[str, list[Any]]
     fixed: dict[str, Any]
+    #: ``-s key=value`` from the command line: like fixed, applied to every point
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,8 +76,22 @@ class Point:
     status: str = "pending"  # pending | skipped | done | failed
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid file; every problem is a one-line ``ConfigError``."""
+def parse_overrides(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> {"a.b": 1}, values parsed as TOML (as ``fedmedsec run -s``)."""
+    out: dict[str, Any] = {}
+    for a in assignments:
+        if "=" not in a:
+            raise ConfigError(f"-s {a!r}: expected dotted.key=value")
+        key, _, text = a.partition("=")
+        key = key.strip()
+        if len(key.split(".")) < 2 or not all(key.split(".")):
+            raise ConfigError(f"-s {a!r}: key must be section.key, e.g. attack.name")
+        out[key] = parse_value(text.strip())
+    return out
+
+
+def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+    """Read and check a grid file (and ``-s`` overrides); every problem is a one-line ``ConfigError``."""
     p = Path(path)
     raw = read_toml(p)
     unknown = sorted(set(raw) - GRID_KEYS)
@@ -97,7 +120,12 @@ def load_grid(path: str | Path) -> Grid:
     both = sorted(set(axes) & set(fixed))
     if both:
         raise ConfigError(f"grid file {str(p)!r}: {both[0]!r} is in both [grid] and [fixed]")
-    return Grid(p, base, dict(axes), dict(fixed))
+    sets = parse_overrides(overrides)
+    clash = sorted(set(sets) & set(axes))
+    if clash:
+        raise ConfigError(f"-s {clash[0]}: {clash[0]!r} is a [grid] axis of {str(p)!r}; "
+                          "change the grid file or give the key as a single value there")
+    return Grid(p, base, dict(axes), dict(fixed), sets)
 
 
 
@@ -154,10 +182,21 @@ def point_name(values: dict[str, Any], keys: list[str]) -> str:
     return name
 
 
-def _comparable(cfg) -> dict:
-    d = cfg.to_dict()
-    d.get("simulation", {}).pop("ray_address", None)
+#: config parts that do not change a run's results (where it runs, where it is tracked)
+NOT_COMPARED = (("simulation", "ray_address"), ("tracking", None))
+
+
+def _strip(d: dict) -> dict:
+    for sec, key in NOT_COMPARED:
+        if key is None:
+            d.pop(sec, None)
+        else:
+            d.get(sec, {}).pop(key, None)
     return d
+
+
+def _comparable(cfg) -> dict:
+    return _strip(cfg.to_dict())
 
 
 def expand(grid: Grid) -> list[Point]:
@@ -169,7 +208,7 @@ def expand(grid: Grid) -> list[Point]:
     for combo in itertools.product(*(grid.axes[k] for k in keys)):
         values = dict(zip(keys, combo))
         raw = copy.deepcopy(base_raw)
-        varied = {**grid.fixed, **values}
+        varied = {**grid.fixed, **grid.overrides, **values}
         for k, v in varied.items():
             set_dotted(raw, k, v)
         dropped: list[str] = []
@@ -211,86 +250,108 @@ def expand(grid: Grid) -> list[Point]:
     return points
 
 
-# --------------------------------------------------------------------------- results table
-
-SKIP_SUMMARY = {"versions", "hospital_names", "notes", "honest_hospital_accuracy"}
-PREFIX = {"membership_inference": "mia", "threat_model": "threat"}
+# --------------------------------------------------------------------------- results tables
 
 
-def flatten_summary(summary: dict) -> dict[str, Any]:
-    """One flat row: nested dicts become ``section_key`` (``detection_tpr``, ``mia_auc``,
-    ``per_hospital_accuracy_3``); lists become comma-joined text."""
-    out: dict[str, Any] = {}
-
-    def put(prefix: str, v: Any) -> None:
-        if isinstance(v, dict):
-            for k, x in v.items():
-                put(f"{prefix}_{k}", x)
-        elif isinstance(v, (list, tuple)):
-            out[prefix] = ",".join(map(str, v))
-        else:
-            out[prefix] = v
-
-    for k, v in summary.items():
-        if k in SKIP_SUMMARY:
-            continue
-        if v is None and k in ("detection", "membership_inference", "threat_model"):
-            continue
-        put(PREFIX.get(k, k), v)
-    return out
+def point_config(pt: Point, grid: Grid) -> dict[str, Any]:
+    """The point's resolved config as dotted keys (``tracking.*`` left out: it does not
+    change results and a URI may hold credentials); for an invalid point, the keys it set."""
+    if pt.cfg is not None:
+        flat = tidy.flatten_config(pt.cfg.to_dict())
+    else:
+        flat = {k: (tidy._text(v) if isinstance(v, (list, tuple)) else v)
+                for k, v in {**grid.fixed, **grid.overrides, **pt.values}.items()
+                if v is not None and k not in pt.dropped}
+    return {k: v for k, v in flat.items() if not k.startswith("tracking.")}
 
 
-def _cell(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return "+".join(map(str, v))
-    return v
-
-
-def write_results(out: Path, keys: list[str], points: list[Point]) -> Any:
-    import pandas as pd
-
-    rows = []
-    for pt in points:
-        row: dict[str, Any] = {"run": pt.name, "status": pt.status,
-                               "error": pt.error or "", "dropped": ",".join(pt.dropped)}
-        row.update({k: _cell(pt.values.get(k)) for k in keys})
-        summ = out / pt.name / "summary.json"
-        if pt.status in ("done", "skipped") and summ.is_file():
-            row.update(flatten_summary(json.loads(summ.read_text())))
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    tmp = out / "results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / "results.csv")
+def _summary(out: Path, pt: Point) -> dict | None:
+    summ = out / pt.name / "summary.json"
+    if pt.status not in ("done", "skipped") or not summ.is_file():
+        return None
     try:
-        pq = df.copy()
-        for c in pq.columns:  # parquet wants one type per column
-            if pq[c].dtype == object and pq[c].map(type).nunique() > 1:
-                pq[c] = pq[c].map(lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else str(x))
-        pq.to_parquet(out / "results.parquet", index=False)
-    except ImportError:  # pyarrow missing: the CSV is the table
-        pass
-    return df
+        return json.loads(summ.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def results_table(out: Path, grid: Grid, points: list[Point]):
+    """``results`` (``tidy.py``): one row per point, its resolved config and its summary."""
+    rows, keys = [], {}
+    for pt in points:
+        cfg = point_config(pt, grid)
+        keys.update(dict.fromkeys(cfg))
+        row: dict[str, Any] = {"run": pt.name, "status": pt.status, "error": pt.error or "",
+                               "dropped_keys": ",".join(pt.dropped), **cfg}
+        summary = _summary(out, pt)
+        if summary is not None:
+            if row.get("data.num_hospitals") is None and summary.get("num_hospitals") is not None:
+                row["data.num_hospitals"] = summary["num_hospitals"]  # the number the split used
+                keys.setdefault("data.num_hospitals", None)
+            row.update(tidy.flatten_summary(summary))
+        rows.append(row)
+    return tidy.results_frame(rows, list(keys))
+
+
+def write_results(out: Path, grid: Grid, points: list[Point], long: bool = True):
+    """Write ``results`` (and, with ``long``, ``rounds``, ``hospitals``, ``clients``) into
+    ``out``; returns the results frame."""
+    res = results_table(out, grid, points)
+    tidy.write_table(res, out, "results")
+    if long:
+        rounds, hospitals, clients = [], [], []
+        for pt in points:
+            summary = _summary(out, pt)
+            if summary is None:
+                continue
+            for name, parts in (("rounds.csv", rounds), ("clients.csv", clients)):
+                t = tidy.read_run_csv(out / pt.name / name)
+                if t is not None:
+                    parts.append(t.assign(run=pt.name))
+            h = tidy.hospital_rows(pt.name, summary)
+            if h:
+                import pandas as pd
+
+                hospitals.append(pd.DataFrame(h))
+        keys = list(grid.axes)  # the grid's axes, so that a long table groups without a join
+        tidy.write_table(tidy.long_frame(rounds, res, keys), out, "rounds")
+        tidy.write_table(tidy.long_frame(hospitals, res, keys), out, "hospitals")
+        tidy.write_table(tidy.long_frame(clients, res, keys, tidy.CLIENT_KINDS), out, "clients")
+    return res
 
 
 # --------------------------------------------------------------------------- running
 
 
 def _complete(run: Path, cfg) -> bool:
-    """The run finished (summary.json) with the same resolved configuration."""
+    """The run finished (a readable summary.json) with the same resolved configuration; a
+    truncated or corrupt summary.json counts as not finished (the run is redone or resumed)."""
     if not (run / "summary.json").is_file():
+        return False
+    try:
+        json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
         return False
     try:
         old = tomllib.loads((run / "config.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return False
-    old.get("simulation", {}).pop("ray_address", None)
-    if old != _comparable(cfg):
+    if _strip(old) != _comparable(cfg):
         raise ConfigError(
             f"run directory {str(run)!r} is complete but was made with a different configuration; "
             "use a new --out directory or delete it"
         )
     return True
+
+
+def _resumable(run: Path, cfg) -> bool:
+    """A killed run of this point left a checkpoint of the same configuration."""
+    from ..checkpoint import RECORDS
+
+    try:
+        return json.loads((run / RECORDS).read_text()).get("config") == cfg.to_toml()
+    except (OSError, ValueError):
+        return False
 
 
 def _terminate(signum, frame) -> None:
@@ -303,10 +364,95 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if not isinstance(e, ConfigError) else text
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _console(console=None):
+    if console is not None:
+        return console
+    from ..cli import make_console
+
+    return make_console()
+
+
+def _write_meta(out: Path, grid: Grid, grid_path: str | Path, points: list[Point]) -> None:
+    (out / "sweep.json").write_text(json.dumps(
+        {"grid_file": str(Path(grid_path).resolve()), "base": str(grid.base), "axes": grid.axes,
+         "fixed": grid.fixed, "overrides": grid.overrides,
+         "points": [{"run": p.name, "values": p.values, "dropped": p.dropped} for p in points]},
+        indent=2, default=str))
+    shutil.copyfile(grid_path, out / "grid.toml")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as esc
+
+    return esc(text)
+
+
+def _header(console, grid: Grid, points: list[Point], extra: str) -> None:
+    n_grid = math.prod(len(v) for v in grid.axes.values())
+    n_bad = sum(p.status == "failed" for p in points)
+    console.print(
+        f"[bold]sweep[/bold] {grid.path.name}: {n_grid} grid points -> {len(points)} runs "
+        f"({n_grid - len(points)} collapsed as duplicates), {n_bad} invalid{extra}")
+    if grid.overrides:
+        console.print("  -s (every point): " + ", ".join(f"{k} = {v!r}" for k, v in grid.overrides.items()),
+                      markup=False)
+    for pt in points:
+        if pt.status == "failed":
+            console.print(f"  [yellow]invalid[/yellow] {pt.name}: {escape(pt.error or '')}")
+
+
+def dry_run(grid_path: str | Path, out: str | Path | None = None, *, overrides: tuple[str, ...] | list[str] = (),
+            console=None) -> list[Point]:
+    """Print the points and the resolved keys that differ between them; run nothing and write
+    nothing. With ``out``, also say which points are already complete there."""
+    from rich.table import Table
+
+    console = _console(console)
+    grid = load_grid(grid_path, overrides)
+    points = expand(grid)
+    flat = {pt.name: point_config(pt, grid) for pt in points}
+    keys = list(dict.fromkeys(k for f in flat.values() for k in f))
+    differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1]
+    state = {}
+    if out is not None:
+        for pt in points:
+            if pt.cfg is None:
+                continue
+            try:
+                state[pt.name] = "complete" if _complete(Path(out) / pt.name, pt.cfg) else "to run"
+            except ConfigError:
+                state[pt.name] = "differs"
+    _header(console, grid, points, "; dry run: nothing is run or written")
+    t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    t.add_column("run")
+    for k in differ:
+        t.add_column(escape(k), justify="right")
+    t.add_column("not applied")
+    if state:
+        t.add_column(f"in {out}")
+    for pt in points:
+        f = flat[pt.name]
+        cells = [pt.name, *[("-" if f.get(k) is None else str(f[k])) for k in differ],
+                 ", ".join(pt.dropped) or "-"]
+        if state:
+            cells.append(state.get(pt.name, "invalid"))
+        t.add_row(*[escape(c) for c in cells])
+    console.print(t)
+    same = len(keys) - len(differ)
+    console.print(f"{len(differ)} resolved keys differ between the points; {same} are the same for all.")
+    return points
+
+
 def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
-              console=None) -> list[Point]:
-    """Run every point of the grid into ``out``; returns the points with their status."""
-    from rich.console import Console
+              console=None, overrides: tuple[str, ...] | list[str] = ()) -> list[Point]:
+    """Run every point of the grid into ``out``; returns the points with their status. On a
+    terminal a progress bar; otherwise (logs) one plain line per finished run with the
+    elapsed time and the ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -318,17 +464,12 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
 
     from ..engine import run_experiment
 
-    console = console or Console(highlight=False)
-    grid = load_grid(grid_path)
+    console = _console(console)
+    grid = load_grid(grid_path, overrides)
     out = Path(out)
     points = expand(grid)
-    keys = list(grid.axes)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(
-        {"grid_file": str(Path(grid_path).resolve()), "base": str(grid.base), "axes": grid.axes,
-         "fixed": grid.fixed, "points": [{"run": p.name, "values": p.values, "dropped": p.dropped}
-                                         for p in points]}, indent=2, default=str))
-    shutil.copyfile(grid_path, out / "grid.toml")
+    _write_meta(out, grid, grid_path, points)
     todo = []
     for pt in points:
         if pt.cfg is None:
@@ -338,16 +479,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
         else:
             todo.append(pt)
     n_skip = sum(p.status == "skipped" for p in points)
-    n_bad = sum(p.status == "failed" for p in points)
-    n_grid = math.prod(len(v) for v in grid.axes.values())
-    console.print(
-        f"[bold]sweep[/bold] {grid.path.name}: {n_grid} grid points -> {len(points)} runs "
-        f"({n_grid - len(points)} collapsed as duplicates), {n_skip} already complete (skipped), "
-        f"{n_bad} invalid, {len(todo)} to run -> {out}"
-    )
-    for pt in points:
-        if pt.status == "failed":
-            console.print(f"  [yellow]invalid[/yellow] {pt.name}: {pt.error}")
+    _header(console, grid, points, f", {n_skip} already complete (skipped), {len(todo)} to run -> {out}")
 
     from ..flower.simulation import SimulationPool
 
@@ -358,49 +490,67 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
             old_term = signal.signal(signal.SIGTERM, _terminate)
         except ValueError:  # not the main thread
             old_term = None
+    bar = console.is_terminal and bool(todo)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+               TextColumn("{task.fields[detail]}")]
+    started = time.perf_counter()
     try:
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("{task.fields[detail]}")]
-        with Progress(*columns, console=console, transient=False, disable=not todo) as progress:
+        with Progress(*columns, console=console, transient=False, disable=not bar) as progress:
             task = progress.add_task("sweep", total=len(todo), detail="")
-            for pt in todo:
+            say = progress.console.print if bar else console.print
+            for i, pt in enumerate(todo, 1):
                 rounds = pt.cfg.experiment.rounds
                 progress.update(task, detail=f"{pt.name} round 0/{rounds}")
 
                 def on_round(row: dict, pt=pt, rounds=rounds) -> None:
                     progress.update(task, detail=f"{pt.name} round {row['round']}/{rounds}")
 
+                def on_twin(pt=pt) -> None:
+                    progress.update(task, detail=f"{pt.name} clean twin")
+
                 t0 = time.perf_counter()
                 try:
                     summary = run_experiment(pt.cfg, out / pt.name, verbose=verbose, on_round=on_round,
+                                             on_twin_start=on_twin, resume=_resumable(out / pt.name, pt.cfg),
                                              transport=pool.transport_for(pt.cfg))
                     pt.status = "done"
                     asr = summary.get("attack_success_rate")
-                    progress.console.print(
-                        f"  [green]done[/green] {pt.name}: accuracy {summary['clean_accuracy']:.3f}"
-                        + (f", attack success {asr:.3f}" if asr is not None else "")
-                        + f" ({time.perf_counter() - t0:.1f} s)")
+                    msg = (f"[green]done[/green] {pt.name}: accuracy {summary['clean_accuracy']:.3f}"
+                           + (f", attack success {asr:.3f}" if asr is not None else "")
+                           + f" ({time.perf_counter() - t0:.1f} s)")
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # noqa: BLE001 - one failed point must not end the sweep
                     pt.status, pt.error = "failed", _one_line(e)
-                    progress.console.print(f"  [red]failed[/red] {pt.name}: {pt.error}")
+                    msg = f"[red]failed[/red] {pt.name}: {escape(pt.error)}"
+                if not bar:
+                    spent = time.perf_counter() - started
+                    eta = spent / i * (len(todo) - i)
+                    msg = f"[{i}/{len(todo)}] {msg}; elapsed {_clock(spent)}, ETA {_clock(eta)}"
+                say("  " + msg, soft_wrap=True)
                 progress.advance(task)
-                write_results(out, keys, points)  # the table is current after every run
+                write_results(out, grid, points, long=False)  # the table is current after every run
     finally:
         pool.close()
-        write_results(out, keys, points)
+        write_results(out, grid, points)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     done = sum(p.status in ("done", "skipped") for p in points)
     failed = sum(p.status == "failed" for p in points)
     console.print(f"[bold]{done}/{len(points)} runs complete[/bold]"
                   + (f", {failed} failed" if failed else "")
-                  + f"; table {out / 'results.csv'}; report: fedmedsec report {out}")
+                  + f"; tables {out}/{{results,rounds,hospitals,clients}}.{{csv,parquet}}; "
+                  f"report: fedmedsec report {out}", soft_wrap=True)
     return points
 
 
 def run_sweep_cli(args) -> int:
-    points = run_sweep(args.grid, args.out, verbose=getattr(args, "verbose", False))
+    overrides = getattr(args, "set", None) or []
+    if getattr(args, "dry_run", False):
+        dry_run(args.grid, getattr(args, "out", None), overrides=overrides)
+        return 0
+    if not getattr(args, "out", None):
+        raise ConfigError("fedmedsec sweep: --out DIR is required (the sweep directory), except with --dry-run")
+    points = run_sweep(args.grid, args.out, verbose=getattr(args, "verbose", False), overrides=overrides)
     return 1 if any(p.status == "failed" for p in points) else 0
