@@ -123,7 +123,7 @@ class InlineGrid:
 def _federate(cfg, make_transport):
     setup = build_setup(cfg)
     co = run_rounds(Coordinator(setup), make_transport(setup))
-    return _norm(co.rounds), _norm(co.clients)
+    return _norm(co.rounds), _norm(co.clients), json.dumps(co.mia_audits, sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- fast
@@ -134,14 +134,17 @@ def _federate(cfg, make_transport):
     DP + ["attack.name=alie", "attack.fraction=0.34", "defense.name=trimmed_mean", "defense.f=2"],
     ["experiment.fraction_train=0.5", "attack.name=sign_flip", "attack.fraction=0.34", "defense.name=median",
      "experiment.rounds=3"],
-], ids=["plain", "dp-sgd+alie+trimmed-mean", "sampled+sign-flip+median"])
+    ["attack.name=neurotoxin", "attack.fraction=0.34", "experiment.rounds=3", "experiment.mia=true"],
+], ids=["plain", "dp-sgd+alie+trimmed-mean", "sampled+sign-flip+median", "neurotoxin-tensor-state+mia"])
 def test_batched_and_deployment_transports_give_the_inprocess_numbers(extra):
     cfg = load_config(ROOT / "configs" / "quickstart.toml", QUICK + extra)
     ref = _federate(cfg, InProcessTransport)
     assert _federate(cfg, lambda s: BatchedFlowerTransport(InlineGrid(4), s)) == ref  # 6 hospitals on 4 nodes
     assert _federate(cfg, lambda s: BatchedFlowerTransport(InlineGrid(1), s)) == ref
     assert _federate(cfg, lambda s: FlowerTransport(InlineGrid(6), s)) == ref  # one node per hospital
-    rounds, clients = ref
+    rounds, clients, audits = ref
+    if "experiment.mia=true" in extra:  # every hospital's membership audit of the last round came back
+        assert len(json.loads(audits)) == 6
     if "privacy.mode=dp_sgd" in extra:  # the accountant's history survived batching: epsilon rises
         by_pid = {}
         for r in clients:
