@@ -399,6 +399,11 @@ class RaySimulation:
                 raise ConfigError(f"simulation.num_cpus_per_client = {self.num_cpus:g}: this machine has {cpus} "
                                   "CPUs for a local Ray; lower it (or give simulation.ray_address of a cluster)",
                                   key="simulation.num_cpus_per_client")
+            gpus = _local_gpus()
+            if gpus is not None and self.num_gpus > gpus:
+                raise ConfigError(f"simulation.num_gpus_per_client = {self.num_gpus:g}: this machine has {gpus} "
+                                  "GPUs for a local Ray; lower it (or give simulation.ray_address of a cluster)",
+                                  key="simulation.num_gpus_per_client")
         try:
             self._watchdog = _Watchdog()
             self._init_ray()
@@ -535,6 +540,19 @@ class RaySimulation:
         except Exception:  # noqa: BLE001 - an actor is gone: no number rather than a crash
             out["peak_rss_actors_mb"] = None
         return out
+
+
+def _local_gpus() -> int | None:
+    """CUDA devices torch sees here (what a local Ray's clients could use); None for a torch
+    built without CUDA (Ray may still count GPUs: it decides after it started)."""
+    try:
+        import torch
+
+        if torch.version.cuda is None:
+            return None
+        return int(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime
+        return None
 
 
 def _node_ids(k: int) -> list[int]:
