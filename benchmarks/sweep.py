@@ -1,19 +1,17 @@
-"""Sweep benchmark: a 12-run sweep against 12 separate ``fedmedsec run`` processes.
+"""Sweep benchmark: a 12-run sweep against 12 separate ``fedmedsec run`` processes, on Ray.
 
-    python benchmarks/sweep.py [--rounds 3]
+    python benchmarks/sweep.py [--rounds 3] [--repeat 1]
 
 Two ways to run the same 12 points (quickstart, attack {none, sign_flip} x defense
 {fedavg, median, trimmed_mean} x seed {0, 1}, ``experiment.rounds`` small):
 
-  A  ``fedmedsec sweep`` (default): one process; Flower starts and stops Ray for every run
-  B  12 ``fedmedsec run`` processes, one after the other (each starts its own Ray)
+  A  ``fedmedsec sweep``: one process; one Flower simulation on Ray (Ray, the actors and
+     their imports start once) serves every run (``flower.simulation.SimulationPool``)
+  B  12 ``fedmedsec run`` processes, one after the other (each imports everything and
+     starts its own Ray and actors)
 
-Measured 2026-11-23 on the 2-core dev machine (load 10-13 from other work, so +-30%):
-  in-process, Ray per run 247.7 s (20.6 s/run); separate processes 377.5 s (31.5 s/run):
-  separate/sweep 1.52x. (A shared Ray head that every run attached to measured slowest,
-  506.1 s, and was removed.)
-
-Prints each wall time, the per-run mean and the ratio B/A.
+Both write the same run directories (the same numbers: tests/test_simulation.py). Prints
+each wall time, the per-run mean and the ratio B/A, with the machine's load.
 """
 
 from __future__ import annotations
@@ -68,15 +66,19 @@ def main() -> int:
         print(f"sweep benchmark: {n} runs of quickstart, {args.rounds} rounds each, {os.cpu_count()} CPUs", flush=True)
 
         a = timed(fedmedsec() + ["sweep", str(grid), "--out", str(tmp / "A")])
-        print(f"A  fedmedsec sweep (Ray per run)         {a:7.1f} s  ({a / n:5.1f} s/run)", flush=True)
+        print(f"A  fedmedsec sweep (one Ray for all)     {a:7.1f} s  ({a / n:5.1f} s/run), "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
         t0 = time.perf_counter()
         for i, (atk, dfn, seed) in enumerate(product(ATTACKS, DEFENSES, SEEDS)):
+            attack = ["-s", f"attack.name={atk}"] + (["-s", "attack.fraction=0.2"] if atk != "none" else [])
+            defense = ["-s", f"defense.name={dfn}"] + (["-s", "defense.f=2"] if dfn != "fedavg" else [])
             timed(fedmedsec() + ["run", "configs/quickstart.toml", "--quiet", "--out", str(tmp / "B" / str(i)),
-                                 "-s", f"attack.name={atk}", "-s", "attack.fraction=0.2", "-s", f"defense.name={dfn}",
-                                 "-s", "defense.f=2", "-s", f"experiment.seed={seed}", "-s", f"experiment.rounds={args.rounds}"])
+                                 *attack, *defense, "-s", f"experiment.seed={seed}",
+                                 "-s", f"experiment.rounds={args.rounds}"])
         b = time.perf_counter() - t0
-        print(f"B  {n} separate fedmedsec run processes  {b:7.1f} s  ({b / n:5.1f} s/run)", flush=True)
+        print(f"B  {n} separate fedmedsec run processes  {b:7.1f} s  ({b / n:5.1f} s/run), "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
     print(f"ratio B/A (separate processes / sweep): {b / a:.2f}x")
     return 0

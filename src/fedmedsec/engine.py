@@ -61,6 +61,7 @@ def run_experiment(
 
 def _run(cfg, setup, run, tracker, restored, given, transport, verbose, on_round, on_twin_start, t0) -> dict:
     chosen: list = []  # the transport, once made (its hospital states go into checkpoints)
+    extra_cost: dict = {}  # what the transport measured beyond this process (Ray's processes)
 
     def round_done(row: dict) -> None:
         run.write_progress(co.rounds, co.clients)
@@ -111,7 +112,9 @@ def _run(cfg, setup, run, tracker, restored, given, transport, verbose, on_round
 
         if restored is not None and co.next_round > 1 and _stateful(setup):
             use(None)  # raises: the nodes' state is not in the checkpoint
-        run_on_ray(co, verbose=verbose)
+        extra_cost = run_on_ray(co, verbose=verbose)
+    if chosen and chosen[-1] is not None and hasattr(chosen[-1], "cost"):
+        extra_cost = chosen[-1].cost()  # what the transport measured (e.g. the Ray process tree's memory)
     if len(co.rounds) != cfg.experiment.rounds:
         raise RunFailed(
             f"the federation stopped after {len(co.rounds)} of {cfg.experiment.rounds} rounds"
@@ -119,6 +122,10 @@ def _run(cfg, setup, run, tracker, restored, given, transport, verbose, on_round
     checkpoint.save_model(run.path, co.global_model())
     summary = build_summary(co, time.perf_counter() - t0 + co.resume_offset, twin=co.twin)
     summary["cost"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the whole process tree: the driver alone, or what the transport sampled (Ray's processes)
+    tree = extra_cost.pop("peak_rss_tree_mb", None) or 0.0
+    summary["cost"]["peak_rss_tree_mb"] = max(summary["cost"]["peak_rss_mb"], tree)
+    summary["cost"].update({k: v for k, v in extra_cost.items() if v is not None})
     summary["resumed_at_round"] = (restored[1]["round"] + 1) if restored is not None else None
     summary["warnings"] = list(summary.get("warnings") or []) + list(tracker.warnings)
     summary["tracking_run_id"] = tracker.mlflow_run_id

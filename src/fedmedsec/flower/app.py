@@ -1,17 +1,34 @@
 """The Flower App entry points for ``flwr run .`` (simulation or a real deployment).
 
 ``pyproject.toml`` names ``server_app`` and ``client_app`` here. The ServerApp reads its
-run config (``[tool.flwr.app.config]``, or ``flwr run . --run-config``):
-  config     path of the experiment TOML (relative to the working directory or the app)
-  overrides  ``dotted.key=value`` assignments separated by ``;`` (e.g. "attack.name=alie")
-  out        run directory (default runs/NAME-TIMESTAMP)
-and runs ``engine.run_experiment`` with the grid as its transport: the same round loop,
-checks and run directory as ``fedmedsec run``.
+run config (``[tool.flwr.app.config]``, or ``flwr run . --run-config``), flat typed keys:
+
+  ===================  =======  ==========================================================
+  key                  type     meaning (the empty default keeps the experiment's value)
+  ===================  =======  ==========================================================
+  config               str      path of the experiment TOML (relative to the working
+                                directory or the app)
+  num-server-rounds    int      experiment.rounds (0: the config's)
+  fraction-train       float    experiment.fraction_train (0.0: the config's)
+  local-epochs         int      train.local_epochs (0: the config's)
+  attack               str      attack.name ("": the config's)
+  defense              str      defense.name ("": the config's)
+  overrides            str      further ``dotted.key=value`` assignments separated by ``;``
+                                (e.g. "attack.fraction=0.2; defense.f=2"), applied last
+  out                  str      run directory ("": runs/NAME-TIMESTAMP)
+  ===================  =======  ==========================================================
+
+e.g. ``flwr run . --run-config 'num-server-rounds=5 attack="sign_flip" overrides="attack.fraction=0.2"'``.
+It runs ``engine.run_experiment`` over the grid (``transport.connect``: ``transport.FlowerTransport``,
+one SuperNode per hospital): the same round loop, checks and run directory as ``fedmedsec
+run``. A federation whose size differs from ``data.num_hospitals`` (``num-supernodes`` of a
+simulation) stops at the first discovery reply with a one-line error.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -21,15 +38,54 @@ from flwr.serverapp import Grid, ServerApp
 from ..config import ConfigError, load_config
 from ..data.base import DataError
 from ..data.partition import PartitionError
-from ..rounds import RunFailed
 from ..engine import run_experiment
+from ..rounds import RunFailed
 from .client_app import app as client_app
 from .transport import connect
 
 server_app = ServerApp()
 USER_ERRORS = (ConfigError, DataError, PartitionError, RunFailed)
 
-__all__ = ["client_app", "server_app"]
+__all__ = ["RUN_CONFIG", "client_app", "overrides_from_run_config", "server_app"]
+
+#: run-config key -> (type, config key or None, the value that keeps the config's)
+RUN_CONFIG: dict[str, tuple[type, str | None, object]] = {
+    "config": (str, None, "configs/quickstart.toml"),
+    "num-server-rounds": (int, "experiment.rounds", 0),
+    "fraction-train": (float, "experiment.fraction_train", 0.0),
+    "local-epochs": (int, "train.local_epochs", 0),
+    "attack": (str, "attack.name", ""),
+    "defense": (str, "defense.name", ""),
+    "overrides": (str, None, ""),
+    "out": (str, None, ""),
+}
+
+
+def _typed(key: str, value: object) -> object:
+    kind = RUN_CONFIG[key][0]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"run config {key!r} = {value!r}: must be a {kind.__name__} "
+                          f"(e.g. --run-config '{key}={RUN_CONFIG[key][2]!r}')")
+    return value
+
+
+def overrides_from_run_config(rc: dict) -> tuple[str, list[str], str]:
+    """(config path, ``dotted.key=value`` overrides, out) from a Flower run config (the
+    table in the module docstring); an unknown key or a wrong type is a ``ConfigError``."""
+    unknown = sorted(set(rc) - set(RUN_CONFIG))
+    if unknown:
+        raise ConfigError(f"run config key {unknown[0]!r} is unknown; allowed: {', '.join(RUN_CONFIG)}")
+    values = {k: _typed(k, rc[k]) if k in rc else default for k, (_, _, default) in RUN_CONFIG.items()}
+    overrides = []
+    for key, (_, dotted, keep) in RUN_CONFIG.items():
+        v = values[key]
+        if dotted is None or v == keep:
+            continue
+        overrides.append(f"{dotted}={json.dumps(v)}")
+    overrides += [o.strip() for o in str(values["overrides"]).split(";") if o.strip()]
+    return str(values["config"]), overrides, str(values["out"])
 
 
 def _find_config(name: str) -> Path:
@@ -43,16 +99,13 @@ def _find_config(name: str) -> Path:
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    rc = context.run_config
-    overrides = [o.strip() for o in str(rc.get("overrides", "")).split(";") if o.strip()]
-    cfg = load_config(_find_config(str(rc.get("config", "configs/quickstart.toml"))), overrides)
-    out = Path(str(rc.get("out") or "")) if rc.get("out") else (
-        Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-
     def progress(row: dict) -> None:
         print(f"round {row['round']}: accuracy {row['clean_accuracy']:.3f}", flush=True)
 
     try:
+        config, overrides, out_text = overrides_from_run_config(dict(context.run_config))
+        cfg = load_config(_find_config(config), overrides)
+        out = Path(out_text) if out_text else Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_experiment(cfg, out, on_round=progress, connect=lambda c: connect(grid, c))
     except USER_ERRORS as e:  # a user's or a hospital's mistake: one line, no traceback
         print(f"error: {e}", flush=True)

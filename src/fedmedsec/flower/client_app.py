@@ -8,28 +8,85 @@ resolved experiment config (TOML), so one ClientApp serves every experiment. The
 ``data-path`` overrides the experiment's ``data.path`` on this node (file datasets such as
 csv or medmnist; ignored for datasets that read no file); ``role = "attacker"`` makes this
 node play the configured attack (red-team runs), ``role = "honest"`` keeps it honest.
+
+Two kinds of messages:
+
+- ``train`` / ``evaluate`` (a deployment, ``flwr run``): the node is one hospital, its
+  ``partition-id``; its state across rounds is ``context.state["fedmedsec"]`` (and
+  ``"fedmedsec-arrays"`` for tensors);
+- ``train.batch`` / ``evaluate.batch`` (the Ray simulation, ``batched.BatchedFlowerTransport``):
+  node k of K (``partition-id`` k, ``num-partitions`` K) serves the hospitals with
+  ``partition_id % K == k``; the config's ``partition-ids`` lists those asked in this
+  message. Each hospital's reply stays separate: the records of a one-hospital reply under
+  ``"<pid>/"`` (``"<pid>/arrays"``, ``"<pid>/metrics"``; ``"<pid>/metrics"``,
+  ``"<pid>/counts-clean"``, ...), or ``"<pid>/error"`` (a ConfigRecord with ``reason``) when
+  that hospital failed. Each hospital's state is ``context.state["fedmedsec/<pid>"]`` (and
+  ``"fedmedsec-arrays/<pid>"``), emptied when the config's ``run-token`` changes (the next
+  run of a sweep on the same nodes).
+
+The Setup is built once per config and process (``experiment.setup_from_toml``), or
+received from the simulation driver (``preload_setup``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
+import resource
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .. import privacy as _privacy  # noqa: F401  (imports Opacus with loggers protected)
 from ..client import local_evaluate, local_train
 from ..data.base import DataError
 from ..data.partition import PartitionError
 from ..deployment import node_setup
-from ..experiment import setup_from_toml
+from ..experiment import Setup, setup_from_toml
 from ..training import set_torch_threads
 from .records import record_to_vector, to_record
 
 set_torch_threads()
 
 app = ClientApp()
+
+#: Setups sent by the simulation driver, by ``setup_key`` of their config text
+_PRELOADED: dict[str, Setup] = {}
+_MAX_PRELOADED = 2
+BATCH = "batch"  # the message action of the batched handlers ("train.batch", "evaluate.batch")
+
+
+def _protect_loggers() -> None:
+    """Import Opacus through ``fedmedsec.privacy`` (which keeps the root and flwr loggers
+    as they are) before anything that may import it directly (DP-SGD checks of a Setup);
+    only then, so a node that never needs Opacus starts without it."""
+    from .. import privacy as _privacy  # noqa: F401
+
+
+def setup_key(cfg_text: str) -> str:
+    """The cache key of a resolved config's text (the same on the driver and the nodes)."""
+    return hashlib.sha256(cfg_text.encode()).hexdigest()
+
+
+def preload_setup(key: str, blob: bytes, needs_privacy: bool = False) -> bool:
+    """Cache the driver's pickled Setup under ``key`` (simulation only: the driver's actor
+    call, never a message, so no node unpickles what a server sends)."""
+    if needs_privacy:
+        _protect_loggers()
+    _PRELOADED[key] = pickle.loads(blob)
+    while len(_PRELOADED) > _MAX_PRELOADED:
+        _PRELOADED.pop(next(iter(_PRELOADED)))
+    return True
+
+
+def _setup(cfg_text: str) -> Setup:
+    setup = _PRELOADED.get(setup_key(cfg_text))
+    if setup is not None:
+        return setup
+    _protect_loggers()
+    return setup_from_toml(cfg_text)
 
 
 def _with_data_path(cfg_text: str, data_path: str) -> str:
@@ -59,12 +116,13 @@ def _node(msg: Message, context: Context):
     data_path = context.node_config.get("data-path")
     if "fedmedsec-data" in msg.content["config"]:
         # hospital-local data: this node's own file, encoded and preprocessed as agreed
+        _protect_loggers()
         setup = node_setup(_config(cfg_text), json.loads(str(msg.content["config"]["fedmedsec-data"])),
                            _own_file(context), pid)
         return setup, setup.data.hospitals[pid], pid
     if data_path:
         cfg_text = _with_data_path(cfg_text, str(data_path))
-    setup = setup_from_toml(cfg_text)
+    setup = _setup(cfg_text)
     return setup, setup.data.hospitals[pid], pid
 
 
@@ -91,24 +149,51 @@ def _role(context: Context) -> bool | None:
     return str(role).lower() in ("attacker", "malicious")
 
 
-def load_state(context: Context) -> dict:
+def _state_keys(pid: int | None) -> tuple[str, str]:
+    return ("fedmedsec", "fedmedsec-arrays") if pid is None else (f"fedmedsec/{pid}", f"fedmedsec-arrays/{pid}")
+
+
+def load_state(context: Context, pid: int | None = None) -> dict:
     """This hospital's state across rounds as a plain dict (e.g. the DP accountant's
     history, an attack's last global model): scalars and lists live in a ConfigRecord,
-    tensors in an ArrayRecord of ``context.state``."""
+    tensors in an ArrayRecord of ``context.state`` (per hospital ``pid`` on a batched node)."""
+    values, arrays = _state_keys(pid)
     out: dict = {}
-    if "fedmedsec" in context.state:
-        out.update(dict(context.state["fedmedsec"]))
-    if "fedmedsec-arrays" in context.state:
-        for k, a in context.state["fedmedsec-arrays"].items():
+    if values in context.state:
+        out.update(dict(context.state[values]))
+    if arrays in context.state:
+        for k, a in context.state[arrays].items():
             out[k] = torch.from_numpy(a.numpy().copy())
     return out
 
 
-def save_state(context: Context, state: dict) -> None:
+def save_state(context: Context, state: dict, pid: int | None = None) -> None:
+    values, arrays = _state_keys(pid)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    context.state["fedmedsec"] = ConfigRecord({k: v for k, v in state.items() if k not in tensors})
+    context.state[values] = ConfigRecord({k: v for k, v in state.items() if k not in tensors})
     if tensors:
-        context.state["fedmedsec-arrays"] = ArrayRecord({k: v.detach().clone() for k, v in tensors.items()})
+        context.state[arrays] = ArrayRecord({k: v.detach().clone() for k, v in tensors.items()})
+
+
+def _train_records(setup: Setup, pid: int, global_vec, server_round: int, state: dict, model,
+                   malicious: bool | None) -> dict[str, Any]:
+    """One hospital's train reply: its local model (``arrays``) and ``metrics``."""
+    local, metrics = local_train(setup, setup.data.hospitals[pid], global_vec, server_round, state,
+                                 malicious=malicious)
+    return {"arrays": to_record(model, local), "metrics": MetricRecord(metrics)}
+
+
+def _evaluate_records(setup: Setup, pid: int, global_vec, server_round: int) -> dict[str, Any]:
+    """One hospital's evaluation reply: ``metrics`` and what the server merges."""
+    metrics, ev = local_evaluate(setup, setup.data.hospitals[pid], global_vec, server_round)
+    content = {"metrics": MetricRecord(metrics), "counts-clean": MetricRecord(ev.clean.to_dict())}
+    if ev.trigger is not None:
+        content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
+    if ev.robustness is not None:
+        content["evasion"] = ConfigRecord({"rows": json.dumps(ev.robustness)})
+    if ev.mia is not None:
+        content["mia"] = ConfigRecord({"audit": json.dumps(ev.mia)})
+    return content
 
 
 @app.train()
@@ -118,11 +203,9 @@ def train(msg: Message, context: Context) -> Message:
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
     state = load_state(context)
-    local, metrics = local_train(setup, hospital, global_vec, server_round, state,
-                                 malicious=_role(context))
+    content = _train_records(setup, pid, global_vec, server_round, state, model, _role(context))
     save_state(context, state)
-    content = RecordDict({"arrays": to_record(model, local), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    return Message(content=RecordDict(content), reply_to=msg)
 
 
 @app.evaluate()
@@ -131,29 +214,99 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = setup.new_model()
     global_vec = record_to_vector(model, msg.content["arrays"])
     server_round = int(msg.content["config"]["server-round"])
-    metrics, ev = local_evaluate(setup, hospital, global_vec, server_round)
-    content = {"metrics": MetricRecord(metrics), "counts-clean": MetricRecord(ev.clean.to_dict())}
-    if ev.trigger is not None:
-        content["counts-trigger"] = MetricRecord(ev.trigger.to_dict())
-    if ev.robustness is not None:
-        content["evasion"] = ConfigRecord({"rows": json.dumps(ev.robustness)})
-    if ev.mia is not None:
-        content["mia"] = ConfigRecord({"audit": json.dumps(ev.mia)})
-    return Message(content=RecordDict(content), reply_to=msg)
+    return Message(content=RecordDict(_evaluate_records(setup, pid, global_vec, server_round)), reply_to=msg)
+
+
+# ---------------------------------------------------------------------- batched (simulation)
+
+
+def _batch(msg: Message, context: Context) -> tuple[Setup, list[int]]:
+    """The Setup and the partition ids this message asks of this node; refuses ids the node
+    does not serve, so each hospital's state stays on one node."""
+    cfg = msg.content["config"]
+    setup = _setup(str(cfg["fedmedsec-config"]))
+    pids = [int(p) for p in cfg["partition-ids"]]
+    k = int(context.node_config.get("partition-id", 0))
+    n_nodes = int(context.node_config.get("num-partitions", 1))
+    bad = [p for p in pids if not 0 <= p < setup.n or p % n_nodes != k]
+    if bad:
+        raise ValueError(f"partition ids {bad[:5]} are not served by node {k} of {n_nodes} "
+                         f"(partition_id % {n_nodes} == {k}, below {setup.n})")
+    return setup, pids
+
+
+def start_run(context: Context, run_token: str) -> None:
+    """Drop the hospital states of an earlier run on this node (another ``run-token``)."""
+    st = context.state
+    run = st.get("fedmedsec-run")
+    if run is None or run.get("token") != run_token:
+        for key in [k for k in st.keys() if k.startswith(("fedmedsec/", "fedmedsec-arrays/"))]:
+            del st[key]
+        st["fedmedsec-run"] = ConfigRecord({"token": run_token})
+
+
+def _node_record() -> MetricRecord:
+    return MetricRecord({"max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _error_record(e: Exception) -> ConfigRecord:
+    return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
+
+
+@app.train(BATCH)
+def train_batch(msg: Message, context: Context) -> Message:
+    setup, pids = _batch(msg, context)
+    cfg = msg.content["config"]
+    server_round = int(cfg["server-round"])
+    start_run(context, str(cfg["run-token"]))
+    model = setup.new_model()
+    global_vec = record_to_vector(model, msg.content["arrays"])
+    out = RecordDict()
+    for pid in pids:
+        try:
+            state = load_state(context, pid)
+            records = _train_records(setup, pid, global_vec, server_round, state, model, None)
+            save_state(context, state, pid)
+            for name, record in records.items():
+                out[f"{pid}/{name}"] = record
+        except Exception as e:  # noqa: BLE001 - one hospital's failure is its own reply
+            out[f"{pid}/error"] = _error_record(e)
+    out["node"] = _node_record()
+    return Message(content=out, reply_to=msg)
+
+
+@app.evaluate(BATCH)
+def evaluate_batch(msg: Message, context: Context) -> Message:
+    setup, pids = _batch(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    model = setup.new_model()
+    global_vec = record_to_vector(model, msg.content["arrays"])
+    out = RecordDict()
+    for pid in pids:
+        try:
+            for name, record in _evaluate_records(setup, pid, global_vec, server_round).items():
+                out[f"{pid}/{name}"] = record
+        except Exception as e:  # noqa: BLE001
+            out[f"{pid}/error"] = _error_record(e)
+    out["node"] = _node_record()
+    return Message(content=out, reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Who are you (the partition id, so the server can key everything by it), or one step
+    """Who are you (the partition id, so the server can key everything by it, and the
+    federation size ``num-partitions`` where the node config has it), or one step
     of the hospital-local data protocol (``deployment.py``): this node's schema, or the
     statistics of its training rows under the agreed encoding. Only schemas and statistics
     leave; a mistake in the node's file comes back as one line."""
     pid = int(context.node_config.get("partition-id", -1))
     cfg_rec = msg.content["config"] if "config" in msg.content else {}
     stage = cfg_rec.get("fedmedsec-stage") if cfg_rec else None
-    if stage is None:
-        return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": float(pid)})}),
-                       reply_to=msg)
+    if stage is None:  # with the federation size where the node knows it (num-partitions)
+        metrics = {"partition-id": float(pid)}
+        if "num-partitions" in context.node_config:
+            metrics["num-partitions"] = float(int(context.node_config["num-partitions"]))
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
     from ..config import ConfigError
     from ..deployment import node_schema, node_statistics
 

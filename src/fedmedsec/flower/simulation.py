@@ -1,81 +1,78 @@
-"""Run an experiment as a Flower simulation on Ray, in this process.
+"""Run experiments as Flower simulations on Ray, in this process.
 
-``flwr.simulation.run_simulation`` is deprecated in Flower 1.41-1.42 but is the in-process
-entry point (``flwr run`` starts a separate SuperLink); it stays behind ``simulate``.
+``run_on_ray`` runs one experiment (``simulation.backend = "ray"``); ``SimulationPool`` keeps
+one simulation alive across the runs of a sweep. Both use ``runtime.RaySimulation`` (a
+Flower Grid over Ray actors hosting simulated SuperNodes; its docstring says why not
+Flower's deprecated ``run_simulation``) and ``batched.BatchedFlowerTransport`` (each node
+serves a fixed share of the hospitals). The deployment path (one SuperNode per hospital,
+``transport.FlowerTransport``) is ``app.py``'s, for ``flwr run`` and real SuperLinks.
+
+On Ctrl-C (KeyboardInterrupt) or any error the actors are killed, Ray is stopped and the
+watchdog ends what Ray left behind before the exception goes on.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from collections.abc import Callable
-
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from typing import Any
 
 from ..rounds import run_rounds
 from ..server import Coordinator
-from .transport import FlowerTransport
+from .runtime import RaySimulation, check_ray_address, client_capacity, quiet_flower
+
+__all__ = ["RaySimulation", "SimulationPool", "check_ray_address", "client_capacity", "quiet_flower",
+           "run_on_ray"]
 
 
-def quiet_flower(verbose: bool) -> None:
-    """Hide Flower's and Ray's INFO chatter unless ``verbose``."""
-    level = logging.DEBUG if verbose else logging.ERROR
-    logging.getLogger("flwr").setLevel(level if verbose else logging.ERROR)
-    for name in ("ray", "ray.data", "ray.tune", "ray.rllib", "ray.train", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    if not verbose:
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-        os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
-    else:
-        os.environ["RAY_DEDUP_LOGS"] = "0"
+def run_on_ray(co: Coordinator, *, verbose: bool = False) -> dict[str, Any]:
+    """Every round of ``co`` over ``co.setup.n`` simulated hospitals on a Ray simulation
+    started for this run; returns the run's cost numbers (``RaySimulation.cost``)."""
+    with RaySimulation.from_config(co.cfg.simulation, verbose=verbose) as sim:
+        transport = sim.transport(co.setup)
+        run_rounds(co, transport)
+        return transport.cost()
 
 
-def run_on_ray(co: Coordinator, *, verbose: bool = False) -> None:
-    """Every round of ``co`` over ``co.setup.n`` simulated hospitals (Flower ClientApps in
-    Ray actors); an exception of the round loop is re-raised here."""
-    failure: list[BaseException] = []
+class SimulationPool:
+    """One Ray simulation reused by consecutive runs with the same simulation settings
+    (``num_cpus_per_client``, ``num_gpus_per_client``, ``ray_address``): Ray, the actors and
+    their imports start once for a sweep, not once per run. Each run gets its own transport
+    (its own run token, so no hospital state leaks between runs) and the Setup is sent to
+    the nodes, so every run has the numbers of a separate ``fedmedsec run``.
 
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            run_rounds(co, FlowerTransport(grid, co.setup))
-        except BaseException as e:  # re-raised in the caller's thread below
-            failure.append(e)
+        with SimulationPool() as pool:
+            for cfg in configs:
+                run_experiment(cfg, out, transport=pool.transport_for(cfg))
+    """
 
-    sim = co.cfg.simulation
-    simulate(main, co.setup.n, num_cpus=sim.num_cpus_per_client, num_gpus=sim.num_gpus_per_client,
-             ray_address=sim.ray_address, verbose=verbose)
-    if failure:
-        raise failure[0]
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+        self.sim: RaySimulation | None = None
+        self.starts = 0
 
+    def transport_for(self, cfg) -> Callable | None:
+        """The transport factory for a run of ``cfg``, or None where the run needs no Ray
+        (in-process backend, centralized baseline: ``engine.run_experiment`` does those)."""
+        if cfg.simulation.backend != "ray" or cfg.experiment.mode == "centralized":
+            return None
+        wanted = RaySimulation.from_config(cfg.simulation, verbose=self.verbose)
 
-def simulate(
-    main: Callable[[Grid, Context], None], num_nodes: int, *, num_cpus: float, num_gpus: float,
-    ray_address: str | None, verbose: bool,
-) -> None:
-    """Run ``main`` (the server loop) against ``num_nodes`` simulated hospitals."""
-    from flwr.simulation import run_simulation
+        def factory(setup):
+            if self.sim is None or self.sim.key != wanted.key or not self.sim.healthy:
+                self.close()
+                self.sim = wanted.start()
+                self.starts += 1
+            return self.sim.transport(setup)
 
-    from .client_app import app as client_app
+        return factory
 
-    quiet_flower(verbose)
-    init_args: dict = {"logging_level": logging.INFO if verbose else logging.ERROR,
-                       "log_to_driver": verbose, "include_dashboard": False}
-    # Without an address Ray would attach to whatever cluster `ray start` left running on
-    # this machine (RAY_ADDRESS or /tmp/ray/ray_current_cluster); "local" always starts a
-    # private instance, so only simulation.ray_address attaches to a cluster.
-    init_args["address"] = ray_address or "local"
-    backend_config = {
-        "client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
-        "init_args": init_args,
-    }
-    server_app = ServerApp()
-    server_app.main()(main)
-    run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
-        backend_config=backend_config, verbose_logging=verbose,
-    )
-    quiet_flower(verbose)  # run_simulation resets Flower's console handler
+    def close(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+            self.sim = None
+
+    def __enter__(self) -> SimulationPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

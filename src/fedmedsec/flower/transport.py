@@ -1,7 +1,8 @@
-"""The round loop's transport over a Flower ``Grid`` (Message API): the same code reaches
-simulated hospitals (a Flower simulation on Ray) and real SuperNodes (a deployment through a
-SuperLink). It only converts between model vectors and messages; everything else happens
-in the ``Coordinator``.
+"""The round loop's transport over a Flower ``Grid`` (Message API), one SuperNode per
+hospital: real SuperNodes (a deployment through a SuperLink) and ``flwr run .`` simulations.
+It only converts between model vectors and messages; everything else happens in the
+``Coordinator``. (``fedmedsec run`` on Ray uses ``batched.BatchedFlowerTransport``: a few
+simulated nodes that each serve a share of the hospitals, with the same message records.)
 
 A real federation changes while it runs: each round offers only the hospitals connected
 now, picks up hospitals that (re)joined, and a sampled hospital that has not replied after
@@ -109,27 +110,37 @@ class FlowerTransport:
             ev = parse_evaluate_reply(pid, msg, self.setup.data.num_classes)
             if ev is not None:
                 evals.append(ev)
-        return evals
+        # by partition id, not arrival order: the Coordinator averages them in this order
+        return sorted(evals, key=lambda e: e.partition_id)
 
 
 def parse_evaluate_reply(pid: int, msg: Message, num_classes: int) -> ClientEval | None:
     """An evaluation reply as a ``ClientEval``; None for an error or malformed reply (the
     hospital then has no evaluation this round), never an exception."""
+    if msg.has_error():
+        return None
+    return parse_evaluate_content(pid, msg.content, num_classes)
+
+
+def parse_evaluate_content(pid: int, content, num_classes: int) -> ClientEval | None:
+    """``parse_evaluate_reply`` on one hospital's records (``content`` maps the record names
+    "metrics", "counts-clean", "counts-trigger", "evasion", "mia" to records: a reply's
+    content, or one hospital's part of a batched reply)."""
     try:
-        m = msg.content["metrics"]
-        clean = ClassificationCounts.from_dict(dict(msg.content["counts-clean"]))
-        trigger = (ClassificationCounts.from_dict(dict(msg.content["counts-trigger"]))
-                   if "counts-trigger" in msg.content else None)
+        m = content["metrics"]
+        clean = ClassificationCounts.from_dict(dict(content["counts-clean"]))
+        trigger = (ClassificationCounts.from_dict(dict(content["counts-trigger"]))
+                   if "counts-trigger" in content else None)
         if clean.num_classes != num_classes or (trigger is not None and trigger.num_classes != num_classes):
             return None
         rows = None
-        if "evasion" in msg.content:
-            rows = json.loads(str(msg.content["evasion"]["rows"]))
+        if "evasion" in content:
+            rows = json.loads(str(content["evasion"]["rows"]))
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 rows = None
         audit = None
-        if "mia" in msg.content:
-            audit = json.loads(str(msg.content["mia"]["audit"]))
+        if "mia" in content:
+            audit = json.loads(str(content["mia"]["audit"]))
             if not isinstance(audit, dict):
                 audit = None
         return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
@@ -143,9 +154,15 @@ def parse_train_reply(template: torch.nn.Module, pid: int, msg: Message) -> Clie
     reply with ``problem`` set, never an exception."""
     if msg.has_error():
         return ClientReply(pid, None, problem=f"client error: {msg.error.reason[:200]}")
+    return parse_train_content(template, pid, msg.content)
+
+
+def parse_train_content(template: torch.nn.Module, pid: int, content) -> ClientReply:
+    """``parse_train_reply`` on one hospital's records (``content`` maps "arrays" and
+    "metrics" to records: a reply's content, or one hospital's part of a batched reply)."""
     try:
-        metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
-        vec, problem = from_record(template, msg.content["arrays"])
+        metrics = dict(content["metrics"]) if "metrics" in content else {}
+        vec, problem = from_record(template, content["arrays"])
         n_ex = metrics.get("num-examples", 0)
         n_ex = int(n_ex) if isinstance(n_ex, (int, float)) and n_ex == n_ex else 0
     except Exception as e:  # malformed reply: record it, never crash the server
@@ -159,9 +176,13 @@ def exchange(grid, messages: list[Message], timeout: float, poll: float = 0.5) -
     ``Grid.send_and_receive`` does the same but the HTTP grid of a real SuperLink sleeps 3 s
     between polls and the simulation grid 0.1 s (Flower 1.41-1.42); this polls after 10 ms
     and backs off to every ``poll`` s, so fast rounds are not padded and slow ones do not
-    hammer the SuperLink. Missing replies are simply absent from the result."""
+    hammer the SuperLink. A grid that waits on its replies itself (``event_driven``, e.g.
+    ``runtime.RayGrid``) is asked with ``send_and_receive``. Missing replies are simply
+    absent from the result."""
     if not messages:
         return []
+    if getattr(grid, "event_driven", False):
+        return list(grid.send_and_receive(messages, timeout=timeout))
     ids = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     out: list[Message] = []
@@ -189,6 +210,29 @@ def _partition_id(reply: Message) -> int | None:
         return int(reply.content["metrics"]["partition-id"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _num_partitions(reply: Message) -> int | None:
+    """The federation size the node reports (``num-partitions`` of its node config: every
+    simulated SuperNode has it, a deployment node where its operator set it)."""
+    if reply.has_error() or "metrics" not in reply.content:
+        return None
+    try:
+        return int(reply.content["metrics"]["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_federation_size(reply: Message, expected: int) -> None:
+    """Fail fast when a node says the federation has another size than the experiment's
+    hospitals (e.g. ``flwr run`` with num-supernodes != data.num_hospitals), rather than
+    waiting for the discovery timeout."""
+    k = _num_partitions(reply)
+    if k is not None and k != expected:
+        raise RunFailed(
+            f"the federation has {k} SuperNodes (num-partitions) but data.num_hospitals = {expected}: "
+            f"set num-supernodes = {expected} (flwr run . --federation-config num-supernodes={expected}) "
+            f"or data.num_hospitals = {k}")
 
 
 def query_nodes(grid, nodes: Iterable[int], timeout: float) -> dict[int, int]:
@@ -222,6 +266,7 @@ def discover_nodes(grid, expected: int, timeout: float, minimum: int | None = No
             got = list(grid.pull_messages(pending))
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             for reply in got:
+                check_federation_size(reply, expected)
                 pid = _partition_id(reply)
                 if pid is not None and 0 <= pid < expected:
                     node_of.setdefault(pid, reply.metadata.src_node_id)

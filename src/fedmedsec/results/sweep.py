@@ -21,8 +21,9 @@ A point whose configuration is still invalid is recorded as failed with its one-
 it); sweep.json records the grid, the fixed keys and these overrides. ``--dry-run`` prints the
 points with the resolved keys that differ between them and stops.
 
-Every point runs in this one process (Python, torch and Flower are imported once); on the
-Ray backend Flower starts and stops a local Ray for each run.
+Every point runs in this one process (Python, torch and Flower are imported once); points on
+the Ray backend share one Flower simulation (Ray, its actors and their imports start once,
+``flower.simulation.SimulationPool``) while their simulation settings stay the same.
 """
 
 from __future__ import annotations
@@ -480,6 +481,9 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
     n_skip = sum(p.status == "skipped" for p in points)
     _header(console, grid, points, f", {n_skip} already complete (skipped), {len(todo)} to run -> {out}")
 
+    from ..flower.simulation import SimulationPool
+
+    pool = SimulationPool(verbose=verbose)  # one Ray simulation for every point that needs one
     old_term = None
     if hasattr(signal, "SIGTERM"):
         try:  # `kill PID` ends the sweep like Ctrl-C: the table is written
@@ -508,7 +512,8 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
                 t0 = time.perf_counter()
                 try:
                     summary = run_experiment(pt.cfg, out / pt.name, verbose=verbose, on_round=on_round,
-                                             on_twin_start=on_twin, resume=_resumable(out / pt.name, pt.cfg))
+                                             on_twin_start=on_twin, resume=_resumable(out / pt.name, pt.cfg),
+                                             transport=pool.transport_for(pt.cfg))
                     pt.status = "done"
                     asr = summary.get("attack_success_rate")
                     msg = (f"[green]done[/green] {pt.name}: accuracy {summary['clean_accuracy']:.3f}"
@@ -527,6 +532,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, verbose: bool = False,
                 progress.advance(task)
                 write_results(out, grid, points, long=False)  # the table is current after every run
     finally:
+        pool.close()
         write_results(out, grid, points)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
