@@ -19,6 +19,8 @@ found as machine-checkable claims over seeds::
     margin = 0.3                            # by at least this much, on the mean over seeds
     # expect = "not_lower" / "not_higher": no worse than the margin (e.g. a clean-accuracy cost)
     quick = true                            # part of --quick
+    # baseline_metric = "clean_accuracy"   # optional: read the baseline from another key (a
+    #                                       # within-run contrast when both selectors are equal)
 
 A claim pairs the baseline and treatment runs by seed (every other resolved key equal
 except those the claim names), takes the per-seed differences, and passes when their mean
@@ -96,11 +98,12 @@ def check_claim(claim: dict, runs: list[tuple[dict, dict, dict]]) -> dict:
     every grid axis the claim does not name has the same value (the seed included)."""
     named = set(claim["baseline"]) | set(claim["treatment"])
     metric = claim["metric"]
+    base_metric = claim.get("baseline_metric", metric)
 
     def key(values: dict) -> tuple:
         return tuple(sorted((k, json.dumps(v)) for k, v in values.items() if k not in named))
 
-    base = {key(v): _get(s, metric) for c, v, s in runs if _matches(c, claim["baseline"])}
+    base = {key(v): _get(s, base_metric) for c, v, s in runs if _matches(c, claim["baseline"])}
     treat = {key(v): _get(s, metric) for c, v, s in runs if _matches(c, claim["treatment"])}
     pairs = [(base[k], treat[k]) for k in sorted(base) if k in treat
              and base[k] is not None and treat[k] is not None]
@@ -109,7 +112,8 @@ def check_claim(claim: dict, runs: list[tuple[dict, dict, dict]]) -> dict:
         raise SystemExit(f"claim {claim['name']!r}: expect = {expect!r}: choose lower, higher, not_lower, not_higher")
     sign = -1.0 if expect in ("lower", "not_higher") else 1.0
     diffs = [sign * (t - b) for b, t in pairs]
-    res = {"name": claim["name"], "metric": metric, "n": len(diffs), "expect": claim.get("expect", "lower"),
+    res = {"name": claim["name"], "metric": metric if base_metric == metric else f"{base_metric} -> {metric}",
+           "n": len(diffs), "expect": claim.get("expect", "lower"),
            "margin": float(claim.get("margin", 0.0))}
     if len(diffs) < 3:
         return {**res, "passed": False, "why": f"{len(diffs)} seed pairs (need >= 3)"}
