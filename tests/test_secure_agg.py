@@ -179,3 +179,143 @@ def test_server_view_is_only_the_sum_under_secure_aggregation():
     assert torch.equal(server_view(u, False), u)
     torch.testing.assert_close(server_view(u, True), u.sum(0, keepdim=True))
     assert server_view(u, True).shape == (1, 8)
+
+
+# ---------------------------------------------------------------- secure aggregation in the round loop
+# The Coordinator with privacy.secure_aggregation: after validation the rule, the aggregate
+# and clients.csv see only the round's sum (divided into the mean); nothing per client.
+
+from fedmedsec.config import ConfigError, load_config  # noqa: E402
+from fedmedsec.experiment import build_setup  # noqa: E402
+from fedmedsec.rounds import ClientReply  # noqa: E402
+from fedmedsec.server import Coordinator  # noqa: E402
+
+_SETUPS: dict = {}
+
+
+def _setup_of(*overrides):
+    key = tuple(overrides)
+    if key not in _SETUPS:
+        _SETUPS[key] = build_setup(load_config(raw={}, overrides=["experiment.mia=false", "data.num_hospitals=8",
+                                                                  *overrides]))
+    return _SETUPS[key]
+
+
+def _replies(co, ids, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    d = co.global_vec.numel()
+    return [ClientReply(pid, co.global_vec + scale * torch.randn(d, generator=g), int(5 + 7 * pid), {})
+            for pid in ids]
+
+
+def _record_rule(co):
+    seen = []
+    rule = co.rule
+
+    def recorder(rows, ctx):
+        seen.append((rows.clone(), ctx.weights, ctx.client_ids))
+        return rule(rows, ctx)
+
+    co.rule = recorder
+    return seen
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sets(st.integers(0, 7), min_size=1, max_size=8), st.integers(0, 10_000),
+       st.floats(1e-4, 10.0), st.booleans())
+def test_the_round_loop_shows_the_rule_only_the_sum(ids, seed, scale, weighted):
+    extra = ["defense.weighted=true"] if weighted else []
+    co = Coordinator(_setup_of("privacy.secure_aggregation=true", *extra))
+    seen = _record_rule(co)
+    ids = co.sample(1, sorted(ids))
+    g0 = co.global_vec.clone()
+    replies = _replies(co, ids, seed, scale)
+    co.aggregate(1, replies)
+    # brute force, from the definition: sum_i x_i / n, or sum_i n_i x_i / sum_i n_i
+    x = [r.vector.double() - g0.double() for r in replies]
+    n_i = [float(r.num_examples) for r in replies]
+    if weighted:
+        expected = sum(ni * xi for ni, xi in zip(n_i, x)) / sum(n_i)
+    else:
+        expected = sum(x) / len(x)
+    (rows, w, cids), = seen  # the rule ran once, on one row, with no per-client context
+    assert rows.shape == (1, g0.numel()) and w is None and cids == ()
+    torch.testing.assert_close(rows[0].double(), expected, rtol=1e-5, atol=1e-6 * scale)
+    # g + u in float32: one rounding of the global model's entries (|g| < 2)
+    torch.testing.assert_close((co.global_vec - g0).double(), expected, rtol=1e-5, atol=1e-6 * scale + 3e-7)
+    rec = list(co._pending.values())
+    assert len(rec) == len(ids) and all(np.isnan(r["update_norm"]) for r in rec)
+    assert all(r["accepted"] == 1 for r in rec)
+    # the same round without secure aggregation: the same global model (fedavg needs only the sum)
+    plain = Coordinator(_setup_of(*extra))
+    plain.sample(1, list(ids))
+    plain.aggregate(1, replies)
+    torch.testing.assert_close(plain.global_vec, co.global_vec, rtol=1e-5, atol=1e-6 * scale + 3e-7)
+    assert all(np.isfinite(r["update_norm"]) for r in plain._pending.values())
+
+
+def test_secure_aggregation_with_central_dp_clips_at_the_hospitals_and_noises_the_sum():
+    central = ["privacy.mode='central'", "privacy.clip_norm=0.5", "privacy.noise_multiplier=0.7"]
+    co = Coordinator(_setup_of("privacy.secure_aggregation=true", *central))
+    seen = _record_rule(co)
+    ids = co.sample(3, list(range(8)))
+    g0 = co.global_vec.clone()
+    replies = _replies(co, ids, 0, 1.0)  # norms ~ sqrt(d) >> 0.5: every row is clipped
+    co.aggregate(3, replies)
+    x = torch.stack([r.vector - g0 for r in replies]).double()
+    clipped = x * (0.5 / x.norm(dim=1, keepdim=True)).clamp(max=1.0)
+    (rows, _, _), = seen
+    torch.testing.assert_close(rows[0].double(), clipped.mean(0), rtol=1e-5, atol=1e-7)
+    plain = Coordinator(_setup_of(*central))
+    plain.sample(3, list(range(8)))
+    plain.aggregate(3, replies)  # DP-FedAvg at the server: the same clip, the same noise stream
+    torch.testing.assert_close(plain.global_vec, co.global_vec, rtol=1e-5, atol=1e-6)
+    noise = (co.global_vec - g0).double() - clipped.mean(0)
+    assert noise.std().item() == pytest.approx(0.7 * 0.5 / len(ids), rel=0.05)
+
+
+def test_secure_aggregation_end_to_end_records_no_update_norm(tmp_path):
+    import csv
+
+    from fedmedsec.engine import run_experiment
+
+    cfg = load_config(raw={}, overrides=["experiment.rounds=2", "experiment.mia=false", "data.num_hospitals=4",
+                                         "privacy.secure_aggregation=true", "simulation.backend=inprocess"])
+    run_experiment(cfg, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "clients.csv")))
+    assert len(rows) == 8 and all(r["update_norm"] == "" for r in rows)
+    assert all(r["accepted"] == "1" for r in rows)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["defense.name=median"], "defense.name"),
+    (["defense.name=krum"], "defense.name"),
+    (["detection.name=fldetector"], "detection.name"),
+    (["defense.pre=['bucketing']"], "defense.pre"),
+])
+def test_components_that_need_individual_updates_are_refused(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(raw={}, overrides=["privacy.secure_aggregation=true", *overrides])
+    assert e.value.key == key and key in str(e.value) and "\n" not in str(e.value)
+    assert "sum" in str(e.value)
+
+
+def test_every_rule_without_the_sum_only_capability_is_refused():
+    from fedmedsec.aggregators import AGGREGATORS
+
+    for entry in AGGREGATORS:
+        over = ["privacy.secure_aggregation=true", f"defense.name={entry.name}"]
+        if entry.meta.get("sum_only"):
+            load_config(raw={}, overrides=over)
+        else:
+            with pytest.raises(ConfigError, match=f"defense.name = '{entry.name}' needs the individual"):
+                load_config(raw={}, overrides=over)
+
+
+def test_full_knowledge_collusion_is_refused_and_partial_allowed():
+    base = ["privacy.secure_aggregation=true", "attack.name=alie", "attack.fraction=0.25"]
+    with pytest.raises(ConfigError, match="attack.knowledge = 'full'") as e:
+        Coordinator(_setup_of(*base))
+    assert e.value.key == "attack.knowledge"
+    co = Coordinator(_setup_of(*base, "attack.knowledge='partial'"))
+    assert co.cfg.privacy.secure_aggregation

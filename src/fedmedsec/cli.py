@@ -111,6 +111,10 @@ def print_summary(summary: dict, out: Path) -> None:
         console.print(f"[dim]note: {note}[/dim]")
     if summary.get("epsilon_note"):
         console.print(f"[yellow]epsilon: {summary['epsilon_note']}[/yellow]")
+    if summary.get("privacy_report"):
+        from .privacy.report import privacy_line
+
+        console.print(f"[dim]{privacy_line(summary)}[/dim]", soft_wrap=True)
     print_warnings(summary)
 
 

@@ -25,7 +25,8 @@ def local_train(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Train hospital ``hospital`` from the global model ``global_vec`` (Tensor[d]).
 
-    Returns (local model Tensor[d], metrics). ``state`` persists across rounds for this
+    Returns (local model Tensor[d], metrics); with ``privacy.prune_ratio`` the update
+    ``local - global_vec`` is pruned before it is sent. ``state`` persists across rounds for this
     hospital (the DP accountant's history lives there). ``malicious`` overrides the
     config's choice of attackers (a deployment node's role).
     """
@@ -60,6 +61,11 @@ def local_train(
             # a red-team node knows only its own benign update (partial knowledge, m = 1)
             update = attack.collude(update[None], update[None], gen, ctx)[0]
         local = global_vec + update
+    if cfg.privacy.prune_ratio > 0:
+        # gradient pruning (Zhu et al. 2019) on what leaves the hospital, the attack's included
+        from .privacy.pruning import prune_update
+
+        local = global_vec + prune_update(local - global_vec, cfg.privacy.prune_ratio)
     metrics.update({"num-examples": float(len(y)), "partition-id": float(pid),
                     "malicious": float(attacking)})
     return local, metrics

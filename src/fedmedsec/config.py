@@ -215,13 +215,27 @@ class DetectionConfig(_Named):
     name: str = "none"
 
 
-class PrivacyNone(_Section):
+class _PrivacyBase(_Section):
+    """Keys every privacy mode takes: what the server may see of the updates, and the
+    clients' pruning (issue 16, "What a curious server can see"). Each mode narrows ``mode``
+    to its own literal (the union's tag)."""
+
+    mode: str
+    secure_aggregation: bool = Field(
+        False, description="the server sees only the sum of each round's updates (simulated in the "
+                           "round loop; needs a sum_only rule, no detector, no defense.pre)")
+    prune_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="each hospital zeroes this share of its update's "
+                                         "smallest-magnitude entries before sending (Zhu et al. 2019)")
+
+
+class PrivacyNone(_PrivacyBase):
     """No differential privacy."""
 
     mode: Literal["none"] = "none"
 
 
-class PrivacyDPSGD(_Section):
+class PrivacyDPSGD(_PrivacyBase):
     """Record-level DP-SGD in every hospital (Opacus). Give ``noise_multiplier`` or
     ``target_epsilon`` (sigma solved per hospital), not both; neither means sigma = 1."""
 
@@ -240,7 +254,7 @@ class PrivacyDPSGD(_Section):
         return self
 
 
-class PrivacyCentral(_Section):
+class PrivacyCentral(_PrivacyBase):
     """Client-level DP-FedAvg at the server: clip each update to ``clip_norm``, add noise."""
 
     mode: Literal["central"]
@@ -251,6 +265,31 @@ class PrivacyCentral(_Section):
 
 PrivacyConfig = Annotated[PrivacyNone | PrivacyDPSGD | PrivacyCentral, Field(discriminator="mode")]
 PRIVACY_MODELS = {"none": PrivacyNone, "dp_sgd": PrivacyDPSGD, "central": PrivacyCentral}
+
+
+class ReconstructionConfig(_Section):
+    """``[reconstruction]``: the honest-but-curious server inverts the target hospital's
+    update of round ``round`` (or of the first later round it is sampled in) and scores what
+    it recovers against a baseline guess (``privacy.reconstruction``; issue 16).
+
+    batch_size: records behind the audited update (B; a tiny client, the worst case).
+    setting: fedsgd (one step on the B records) or fedavg (train.local_epochs of SGD at
+    train.batch_size). method: ig (Geiping et al. 2020), dlg (Zhu et al. 2019), idlg (Zhao
+    et al. 2020). labels: recover (iDLG's sign rule / bias label counts) or known."""
+
+    enabled: bool = False
+    method: Literal["ig", "dlg", "idlg"] = "ig"
+    setting: Literal["fedsgd", "fedavg"] = "fedsgd"
+    batch_size: int = Field(1, ge=1, le=64, description="records behind the target's update (B)")
+    target_hospital: int = Field(0, ge=0, le=100_000, description="partition id of the target")
+    round: int = Field(1, ge=1, le=100_000, description="attack the update sent in this round (1 = initial model)")
+    iterations: int = Field(300, ge=1, le=100_000, description="optimiser iterations per restart")
+    restarts: int = Field(1, ge=1, le=100)
+    tv_weight: float = Field(1e-2, ge=0.0, le=1e6, description="total-variation prior (images, ECG)")
+    l2_weight: float = Field(0.0, ge=0.0, le=1e6, description="L2 prior on the records (tables)")
+    lr: float = Field(0.1, gt=0.0, le=100.0, description="IG's Adam step size (DLG's L-BFGS uses 1)")
+    labels: Literal["recover", "known"] = Field(
+        "recover", description="recover: iDLG sign rule (B = 1) / bias label counts; known: given")
 
 
 class SimulationConfig(_Section):
@@ -273,6 +312,7 @@ class Config(_Section):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    reconstruction: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
 
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _dropped: list[str] = PrivateAttr(default_factory=list)
@@ -613,7 +653,8 @@ def validate_components(cfg: Config) -> None:
                           key="experiment.eval_every")
     if e.mode == "centralized":
         for key, off in (("attack.name", "none"), ("defense.name", "fedavg"), ("detection.name", "none"),
-                         ("privacy.mode", "none")):
+                         ("privacy.mode", "none"), ("privacy.secure_aggregation", False),
+                         ("privacy.prune_ratio", 0.0), ("reconstruction.enabled", False)):
             sec, _, field = key.partition(".")
             value = getattr(getattr(cfg, sec), field)
             if value != off:
@@ -628,9 +669,40 @@ def validate_components(cfg: Config) -> None:
                 raise ConfigError(f"train.{key} = {value!r} does not apply to privacy.mode = 'dp_sgd' (Opacus "
                                   "DP-SGD here is SGD with momentum on the plain loss)", key=f"train.{key}",
                                   inapplicable=True)
+    _check_curious_server(cfg)
     sim = cfg.simulation
     if sim.backend == "inprocess":
         for k in ("ray_address", "num_cpus_per_client", "num_gpus_per_client"):
             if k in sim.model_fields_set:
                 raise ConfigError(f"simulation.{k} does not apply to simulation.backend = 'inprocess'",
                                   key=f"simulation.{k}", inapplicable=True)
+
+
+def _check_curious_server(cfg: Config) -> None:
+    """Secure aggregation leaves the server only each round's sum: refuse every component
+    that needs the individual updates (a rule without the ``sum_only`` capability, a
+    detector, ``defense.pre``). DP-FedAvg (``privacy.mode = "central"``) is allowed: each
+    hospital clips its own update to ``privacy.clip_norm`` before masking and the server adds
+    the noise to the sum, so its accounting holds for every hospital that clips. A colluding
+    attack with full knowledge is refused where the attack is built (``server.Coordinator``)."""
+    p, r = cfg.privacy, cfg.reconstruction
+    if p.secure_aggregation:
+        rules = _registry("defense")
+        if not rules.get(cfg.defense.name).meta.get("sum_only"):
+            ok = ", ".join(e.name for e in rules if e.meta.get("sum_only"))
+            raise ConfigError(
+                f"privacy.secure_aggregation = true: defense.name = {cfg.defense.name!r} needs the individual "
+                f"updates, which secure aggregation hides (the server sees only their sum); use a sum_only "
+                f"rule ({ok})", key="defense.name")
+        if cfg.detection.name != "none":
+            raise ConfigError(
+                f"privacy.secure_aggregation = true: detection.name = {cfg.detection.name!r} scores each "
+                "hospital's update, which secure aggregation hides (the server sees only their sum)",
+                key="detection.name")
+        if cfg.defense.pre:
+            raise ConfigError(
+                f"privacy.secure_aggregation = true: defense.pre = {cfg.defense.pre} transforms the individual "
+                "updates, which secure aggregation hides (the server sees only their sum)", key="defense.pre")
+    if r.enabled and r.round > cfg.experiment.rounds:
+        raise ConfigError(f"reconstruction.round = {r.round}: must be <= experiment.rounds "
+                          f"({cfg.experiment.rounds})", key="reconstruction.round")

@@ -11,12 +11,18 @@ One round, for replies of n clients with flattened local models ``v_i`` (Tensor[
   4. the rule (after ``defense.pre``) gives the aggregate update ``u``; central DP clips
      each row to S first and adds N(0, (z S / n)^2 I) after (``privacy.central.dp_fedavg``);
   5. ``g <- g + u``; the round is recorded with the server's evaluation and the hospitals'.
+
+With ``privacy.secure_aggregation`` steps 4-5 see only the sum of the validated rows
+(``_apply_secure``; no per-client norm is recorded). With ``[reconstruction]`` the curious
+server audits the target hospital's update of the configured round before step 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +40,7 @@ from .rounds import ClientEval, ClientReply, RunFailed
 from .streams import Stream
 from .training import load_state_vector, state_vector
 
-__all__ = ["POOLED", "ClientEval", "ClientReply", "Coordinator", "check_requirement"]
+__all__ = ["POOLED", "ClientEval", "ClientReply", "Coordinator", "check_requirement", "check_secure_aggregation"]
 
 #: Partition id of the single pooled "client" of the centralized baseline.
 POOLED = -1
@@ -50,6 +56,24 @@ def check_requirement(setup: Setup, n: int) -> None:
     msg = precondition_problem(d.name, n, d.f, d.pre, params=setup.cfg.params("defense"))
     if msg:
         raise ConfigError(f"defense.name = {d.name!r}: {msg}", key="defense.name")
+
+
+def check_secure_aggregation(setup: Setup) -> None:
+    """With ``privacy.secure_aggregation`` no one sees the round's individual honest
+    updates: refuse a colluding attack with full knowledge (its omniscient adversary crafts
+    from them); partial knowledge (the attackers' own updates) stays possible. The other
+    refusals (rules, detectors, ``defense.pre``) are in ``config.validate_components``."""
+    cfg, a = setup.cfg, setup.attack
+    if cfg.privacy.secure_aggregation and a is not None and a.needs_honest_updates \
+            and cfg.attack.knowledge == "full":
+        raise ConfigError(
+            f"privacy.secure_aggregation = true: attack.name = {cfg.attack.name!r} with attack.knowledge = "
+            "'full' crafts from the round's individual honest updates, which secure aggregation hides; "
+            "use attack.knowledge = 'partial' (the attackers' own updates)", key="attack.knowledge")
+    r = cfg.reconstruction
+    if r.enabled and r.target_hospital >= setup.n:
+        raise ConfigError(f"reconstruction.target_hospital = {r.target_hospital}: ids are 0..{setup.n - 1} "
+                          f"({setup.n} hospitals)", key="reconstruction.target_hospital")
 
 
 class Coordinator:
@@ -87,6 +111,11 @@ class Coordinator:
         self.mia_audits: dict[int, dict] = {}
         #: the latest evasion evaluation (``_evasion``), None before one ran
         self.evasion: dict[str, Any] | None = None
+        #: the curious server's reconstruction audit (``[reconstruction]``), None before it ran;
+        #: its records for the figure, and the run directory the figure goes to (if known)
+        self.reconstruction: dict[str, Any] | None = None
+        self.reconstruction_records: Any = None
+        self.run_dir: Path | None = None
         self.bytes_down = 0
         self.bytes_up = 0
         self._pending: dict[int, dict] = {}
@@ -101,6 +130,7 @@ class Coordinator:
             self.global_vec = load_model_vector(setup.cfg.experiment.init_model, setup.new_model())
         if not self.centralized:
             check_requirement(setup, self.clients_per_round)
+            check_secure_aggregation(setup)
 
     # ------------------------------------------------------------------ state
     @property
@@ -213,16 +243,22 @@ class Coordinator:
         if not valid or len(valid) < cfg.experiment.min_hospitals:
             return  # no aggregation this round: the global model stays
         ids = tuple(r.partition_id for r in valid)
+        if cfg.reconstruction.enabled and self.reconstruction is None:
+            self._reconstruct(server_round, ids)
         updates = torch.stack([r.vector for r in valid]) - self.global_vec
         updates = self._collude(server_round, ids, updates)
-        for i, pid in enumerate(ids):
-            rows[pid]["update_norm"] = float(torch.linalg.vector_norm(updates[i].double()))
         d = cfg.defense
         problem = precondition_problem(d.name, len(ids), d.f, d.pre, params=cfg.params("defense"))
         result = None
         if problem is None:
             try:
-                result = self._apply_rule(server_round, ids, updates, valid, rows)
+                if cfg.privacy.secure_aggregation:
+                    # no per-client norm: clients.csv keeps update_norm NaN
+                    result = self._apply_secure(server_round, ids, updates, valid)
+                else:
+                    for i, pid in enumerate(ids):
+                        rows[pid]["update_norm"] = float(torch.linalg.vector_norm(updates[i].double()))
+                    result = self._apply_rule(server_round, ids, updates, valid, rows)
             except PreconditionError as e:  # e.g. rows a detector removed
                 problem = str(e)
         if result is None:
@@ -311,6 +347,53 @@ class Coordinator:
             self._round_detection = counts
         self.previous = result.aggregate
         return result
+
+    def _apply_secure(self, server_round: int, ids: tuple[int, ...], updates: torch.Tensor,
+                      replies: list[ClientReply]) -> AggregationResult:
+        """Secure aggregation (``privacy.secure_aggregation``), simulated: what each hospital
+        masks is its update (clipped to ``privacy.clip_norm`` by the hospital itself under
+        DP-FedAvg; scaled by its public share w_i when ``defense.weighted``), and the server,
+        its rule and everything after see only the sum (``privacy.server_view``, Tensor[1, d]),
+        divided into the mean (sum / n, or the weighted sum). The rule gets that one row with no
+        per-client context; DP-FedAvg's noise N(0, (z S / n)^2 I) is added to its output, as
+        ``privacy.dp_fedavg`` does. Returns the aggregate and the public weights (None: 1/n)."""
+        from .privacy.secure_agg import server_view
+
+        p, n = self.cfg.privacy, len(ids)
+        if self.detector is not None or self.pre:  # refused by config.validate_components
+            raise ConfigError("privacy.secure_aggregation = true: the server cannot run a detector or "
+                              "defense.pre on a sum", key="privacy.secure_aggregation")
+        sent = updates
+        if p.mode == "central":
+            from .privacy.central import clip_updates
+
+            sent = clip_updates(sent, p.clip_norm)
+        ctx = self._context(server_round, ids, replies)
+        w = ctx.weights
+        if w is not None:
+            mean = server_view(sent * w.to(sent.dtype)[:, None], True)  # sum_i w_i x_i, sum w = 1
+        else:
+            mean = server_view(sent, True) / n
+        res = run_rule(mean, self.rule, dataclasses.replace(ctx, weights=None, client_ids=()))
+        agg = res.aggregate.reshape(-1)
+        if p.mode == "central":
+            noise = torch.randn(agg.shape[0], generator=ctx.generator, dtype=agg.dtype, device=agg.device)
+            agg = agg + noise * (p.noise_multiplier * p.clip_norm / n)
+        self.previous = agg
+        return AggregationResult(agg, w)
+
+    def _reconstruct(self, server_round: int, ids: tuple[int, ...]) -> None:
+        """The curious server's reconstruction audit (``[reconstruction]``) on this round's
+        broadcast model, once the target sent a valid update at or after the configured round
+        (``privacy.reconstruction.run``); the figure goes into ``run_dir`` when it is known."""
+        from .privacy.reconstruction.run import curious_server_audit, is_due, save_reconstruction
+
+        if not is_due(self.setup, server_round, ids, self.reconstruction is not None):
+            return
+        res, rec = curious_server_audit(self.setup, self.global_vec, server_round, ids)
+        if rec is not None and self.run_dir is not None:
+            res["figure"] = save_reconstruction(self.run_dir, rec).name
+        self.reconstruction, self.reconstruction_records = res, rec
 
     # ------------------------------------------------------------------ recording
     def end_round(self, server_round: int, evals: list[ClientEval], started: float) -> dict:

@@ -116,10 +116,32 @@ def build_summary(co, wall_seconds: float, twin: dict | None = None) -> dict[str
         summary["membership_inference"] = membership_audit(setup, co.global_model(), co.mia_audits)
     except (KeyError, TypeError, ValueError):  # a malformed audit from a hospital
         summary["membership_inference"] = None
+    summary["reconstruction"] = reconstruction_summary(co)
+    from ..privacy.report import privacy_report
+
+    summary["privacy_report"] = privacy_report(
+        {h.id: h.name for h in setup.data.hospitals}, cfg.privacy.model_dump(mode="json"),
+        epsilons=co.epsilons, run_privacy={k: summary.get(k) for k in ("epsilon", "delta", "epsilon_note")},
+        membership=summary["membership_inference"], reconstruction=summary["reconstruction"])
     from ..sanity import run_warnings
 
     summary["warnings"] = run_warnings(co, summary)
     return summary
+
+
+def reconstruction_summary(co) -> dict[str, Any] | None:
+    """The curious server's reconstruction audit (``[reconstruction]``): its scores beside
+    the baseline's, label accuracy and settings (``privacy.reconstruction.run``), a
+    ``skipped`` reason when it could not run, None when not asked for."""
+    r = co.cfg.reconstruction
+    if not r.enabled:
+        return None
+    if co.reconstruction is not None:
+        return co.reconstruction
+    from ..privacy.reconstruction.run import skipped
+
+    return skipped(f"hospital {r.target_hospital} sent no valid update in rounds {r.round}.."
+                   f"{co.cfg.experiment.rounds}")
 
 
 def evasion_summary(co) -> dict[str, Any]:

@@ -22,36 +22,21 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from ...registry import Params
+from ...config import ReconstructionConfig
 from ...training import load_state_vector, state_vector, train_local
 from ..pruning import prune_update
 from .invert import reconstruct
 from .metrics import score_reconstruction
 
 
-class ReconstructionParams(Params):
-    """The ``[reconstruction]`` config section (proposal for the lead)."""
-
-    enabled: bool = False
-    method: Literal["ig", "dlg", "idlg"] = "ig"
-    setting: Literal["fedsgd", "fedavg"] = "fedsgd"
-    batch_size: int = Field(1, ge=1, le=64, description="records behind the target's update (B)")
-    target_hospital: int = Field(0, ge=0, description="partition id of the target")
-    round: int = Field(1, ge=1, description="attack the update sent in this round (1 = initial model)")
-    iterations: int = Field(300, ge=1, description="optimiser iterations per restart")
-    restarts: int = Field(1, ge=1)
-    tv_weight: float = Field(1e-2, ge=0.0, description="total-variation prior (images, ECG)")
-    l2_weight: float = Field(0.0, ge=0.0, description="L2 prior on the records (tables)")
-    lr: float = Field(0.1, gt=0.0, description="IG's Adam step size (DLG's L-BFGS uses 1)")
-    labels: Literal["recover", "known"] = Field(
-        "recover", description="recover: iDLG sign rule (B = 1) / bias label counts; known: given")
+#: the ``[reconstruction]`` config section (``config.ReconstructionConfig``, mounted as
+#: ``Config.reconstruction``; defined there so that validating a config imports no torch)
+ReconstructionParams = ReconstructionConfig
 
 
 def client_update(
@@ -68,13 +53,15 @@ def client_update(
     dp_noise_multiplier: float | None = None,
     dp_max_grad_norm: float = 1.0,
     prune_ratio: float = 0.0,
+    clip_norm: float | None = None,
 ) -> torch.Tensor:
     """The update Tensor[d] = w_local - w_global a hospital sends after training a copy of
     ``model`` loaded with ``global_vec`` on (x [B, ...], y [B]): FedSGD (one step of lr on all
     B records) or FedAvg (local_epochs of SGD with batch_size), through the project's
     ``training.train_local``, or DP-SGD (``privacy.train_dp_sgd``, Poisson rate batch/B, clip
     ``dp_max_grad_norm``) when ``dp_noise_multiplier`` is set; then pruned at
-    ``prune_ratio``."""
+    ``prune_ratio``; then clipped to L2 norm ``clip_norm`` when given (DP-FedAvg's clip done
+    by the hospital itself, as under secure aggregation)."""
     net = copy.deepcopy(model)
     load_state_vector(net, global_vec)
     n = len(y)
@@ -88,7 +75,12 @@ def client_update(
                      noise_multiplier=dp_noise_multiplier, max_grad_norm=dp_max_grad_norm,
                      history=[], generator=generator, delta=1e-5)
     upd = state_vector(net) - global_vec
-    return prune_update(upd, prune_ratio) if prune_ratio else upd
+    upd = prune_update(upd, prune_ratio) if prune_ratio else upd
+    if clip_norm is not None:
+        from ..central import clip_updates
+
+        upd = clip_updates(upd[None], clip_norm)[0]
+    return upd
 
 
 def reconstruction_audit(
@@ -110,6 +102,7 @@ def reconstruction_audit(
     dp_noise_multiplier: float | None = None,
     dp_max_grad_norm: float = 1.0,
     prune_ratio: float = 0.0,
+    clip_norm: float | None = None,
     return_records: bool = False,
 ):
     """Run the audit; returns the ``summary.json["reconstruction"]`` dict (with
@@ -121,6 +114,8 @@ def reconstruction_audit(
     ``secure_aggregation`` (their updates enter the sum). baseline: one record [*shape],
     the server's guess. proxy_x: server-held records (label-count prior; may be None).
     train_lr, local_epochs, local_batch_size: the clients' recipe (``train`` section).
+    dp_noise_multiplier / dp_max_grad_norm, prune_ratio, clip_norm: the clients' defenses
+    (:func:`client_update`).
     """
     t0 = time.perf_counter()
     xt, yt = np.asarray(target[0], dtype=np.float32), np.asarray(target[1], dtype=np.int64)
@@ -132,7 +127,7 @@ def reconstruction_audit(
     kw = dict(setting=params.setting, lr=train_lr, local_epochs=local_epochs,
               batch_size=min(local_batch_size, b), generator=generator,
               dp_noise_multiplier=dp_noise_multiplier, dp_max_grad_norm=dp_max_grad_norm,
-              prune_ratio=prune_ratio)
+              prune_ratio=prune_ratio, clip_norm=clip_norm)
     updates = torch.stack([client_update(model, global_vec, gx, gy, **kw) for gx, gy in groups])
     n = len(groups)
     observed = updates.sum(0) / n  # the server divides the secure sum by the (known) n
@@ -159,7 +154,8 @@ def reconstruction_audit(
         "records": b, "observed": "secure_sum" if secure_aggregation else "update",
         "hospitals_in_sum": n,
         "defenses": {"dp_noise_multiplier": dp_noise_multiplier,
-                     "prune_ratio": prune_ratio, "secure_aggregation": secure_aggregation},
+                     "prune_ratio": prune_ratio, "secure_aggregation": secure_aggregation,
+                     "client_clip_norm": clip_norm},
     }
     per = scores["per_record"]
     for key in ("psnr", "ssim", "correlation", "mse"):
