@@ -291,6 +291,28 @@ def test_client_capacity_is_counted_per_node():
     assert client_capacity(nodes, 4.0, 0.0) == 0 and client_capacity(nodes, 1.0, 2.0) == 0
 
 
+def test_a_local_ray_runs_its_actors_at_the_drivers_niceness(monkeypatch):
+    """Ray renices its workers by +15 unless told otherwise; a private local Ray is told 0
+    (the actors do the run's work), a setting of the user's is kept, a cluster is left alone."""
+    import ray
+
+    from fedmedsec.flower.runtime import WORKER_NICENESS, RaySimulation
+
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setattr(RaySimulation, "ray_starts", RaySimulation.ray_starts)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    for address, preset, expected in [(None, None, "0"), (None, "7", "7"), ("10.0.0.1:6379", None, None)]:
+        if preset is None:
+            monkeypatch.delenv(WORKER_NICENESS, raising=False)
+        else:
+            monkeypatch.setenv(WORKER_NICENESS, preset)
+        RaySimulation(ray_address=address)._init_ray()
+        assert os.environ.get(WORKER_NICENESS) == expected
+    assert [c["address"] for c in calls] == ["local", "local", "10.0.0.1:6379"]
+
+
 # ----------------------------------------------------------------------------- slow: real Flower and Ray
 
 

@@ -67,6 +67,8 @@ ACTOR_START_TIMEOUT = 180.0
 ADDRESS_TIMEOUT = 5.0
 #: seconds ray.shutdown() may take before the watchdog ends what is left
 SHUTDOWN_TIMEOUT = 8.0
+#: Ray's setting of the niceness its worker processes add to the raylet's (15 by default)
+WORKER_NICENESS = "RAY_worker_niceness"
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
@@ -422,6 +424,12 @@ class RaySimulation:
             return
         pythonpath = _pythonpath()
         os.environ["PYTHONPATH"] = pythonpath  # local workers inherit the driver's environment
+        if not self.ray_address:
+            # Ray renices its workers by +15 (worker_niceness) to keep its daemons responsive;
+            # here the actors do all of the run's work, so on a shared machine they would get a
+            # fraction of the CPU the in-process backend gets at the driver's niceness
+            # (docs/performance.md)
+            os.environ.setdefault(WORKER_NICENESS, "0")
         args: dict[str, Any] = {
             # "local" always starts a private instance; without it Ray would attach to whatever
             # `ray start` left running on this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster)
