@@ -538,6 +538,9 @@ def build_report(root: str | Path) -> tuple[Path, int, list[str]]:
         _single_run(page, runs[0])
     else:
         _sweep(page, runs, complete, build_tables(runs, axes), meta, root)
+    from .report_security import security_sections
+
+    security_sections(page, root)  # evasion and backdoor durability, when the runs recorded them
 
     page.h2("Resolved configurations", "configs", "The configuration each run actually used (config.toml in its run directory).")
     page.raw(_configs(runs))
@@ -548,7 +551,8 @@ def build_report(root: str | Path) -> tuple[Path, int, list[str]]:
         ("overview", "overview"), ("warnings", "warnings"), ("configurations", "configurations"),
         ("accuracy", "accuracy"), ("heatmaps", "attack × defense"), ("asr", "attack success"),
         ("threats", "threats"), ("privacy", "privacy"), ("hospitals", "hospitals"),
-        ("detection", "detection"), ("seeds", "seeds"), ("configs", "configs")] if f"id='{a}'" in "".join(page.parts))
+        ("detection", "detection"), ("seeds", "seeds"), ("evasion", "evasion"), ("durability", "durability"),
+        ("configs", "configs")] if f"id='{a}'" in "".join(page.parts))
     body = "".join(page.parts)
     doc = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
