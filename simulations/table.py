@@ -8,7 +8,7 @@ and its 95% t-interval (half-width after the +-), n when it is not the same in e
 
 Every run directory under DIR with a summary.json and a config.toml counts (not only the points
 of the last sweep.json: check_shapes sweeps a subset grid into the same directory).
---rows / --cols name resolved-config keys (dotted); --where keeps runs whose key takes one of
+--rows / --cols name resolved-config keys (dotted; "a,b" labels a row by both values); --where keeps runs whose key takes one of
 the listed values (repeatable); --metric is a summary.json key ("a/b" for nested keys);
 --delta KEY=VALUE shows, per cell, the mean over seeds of (cell - the run with KEY=VALUE and
 otherwise the same config and seed), e.g. attacked minus clean accuracy. Any other resolved key
@@ -48,6 +48,13 @@ def _keep(cfg: dict, where: dict[str, list[str]]) -> bool:
     return all(_is(cfg.get(k), vs) for k, vs in where.items())
 
 
+def _label(cfg: dict, keys: str) -> str:
+    """The cell label of a run: the values of the comma-separated keys, joined by " / " (keys
+    the run does not have, e.g. attack.knowledge of a clean run, left out)."""
+    vals = [str(cfg[k]) for k in keys.split(",") if cfg.get(k) is not None]
+    return " / ".join(vals) or "None"
+
+
 def runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
     """(resolved config as dotted keys, summary) of every finished run directory in sweep_dir."""
     out = []
@@ -74,8 +81,9 @@ def cells_by_seed(sweep_dir: Path, rows: str, cols: str, metric: str,
     for cfg, summary in all_runs:
         if not _keep(cfg, where):
             continue
-        key = (str(cfg.get(rows)), str(cfg.get(cols)))
-        rest = {k: v for k, v in cfg.items() if k not in (rows, cols, seed_key) and k not in where}
+        key = (_label(cfg, rows), _label(cfg, cols))
+        rest = {k: v for k, v in cfg.items()
+                if k not in (*rows.split(","), *cols.split(","), seed_key) and k not in where}
         ref = first.setdefault(key, rest)
         for k in sorted(set(ref) | set(rest)):
             if ref.get(k) != rest.get(k):

@@ -140,3 +140,11 @@ def test_table_reads_every_run_directory_not_only_the_last_sweep_json(tmp_path):
     (d / "sweep.json").write_text(json.dumps({"points": [{"run": "r0", "values": rows[0][0]}]}))
     assert table.cells(d, "attack.name", "defense.name", "clean_accuracy")[("alie", "median")] == \
         pytest.approx([0.5, 0.6, 0.7])
+
+
+def test_table_rows_by_two_keys_label_a_clean_run_by_the_keys_it_has(tmp_path):
+    rows = [({"attack.name": "none", "defense.name": "median", "experiment.seed": 0}, 0.8)]
+    rows += [({"attack.name": "alie", "attack.knowledge": k, "defense.name": "median", "experiment.seed": 0}, acc)
+             for k, acc in (("full", 0.5), ("partial", 0.7))]
+    c = table.cells(_fake_sweep(tmp_path, rows), "attack.name,attack.knowledge", "defense.name", "clean_accuracy")
+    assert c == {("none", "median"): [0.8], ("alie / full", "median"): [0.5], ("alie / partial", "median"): [0.7]}
