@@ -219,3 +219,17 @@ base = "{QUICKSTART}"
     # a -s that names a grid axis is refused
     with pytest.raises(ConfigError, match="is a \\[grid\\] axis"):
         sweep(g, tmp_path / "o2", overrides=["defense.name=krum"])
+
+
+def test_long_frame_mixes_runs_from_before_and_after_a_column_rename():
+    """rounds.csv of older runs says "dropped", newer ones "dropped_replies": one column, no
+    duplicate (a duplicate made the whole table write fail once a sweep mixed the two)."""
+    from fedmedsec.results import tidy
+
+    old = pd.DataFrame({"round": [1, 2], "dropped": [0, 1]}).assign(run="a")
+    new = pd.DataFrame({"round": [1], "dropped_replies": [2]}).assign(run="b")
+    res = pd.DataFrame({"run": ["a", "b"], "attack.name": ["none", "alie"]})
+    df = tidy.long_frame([old, new], res, ["attack.name"])
+    assert list(df.columns).count("dropped_replies") == 1 and "dropped" not in df
+    assert df.sort_values(["run", "round"])["dropped_replies"].tolist() == [0, 1, 2]
+    assert df["attack.name"].tolist() == ["none", "none", "alie"]

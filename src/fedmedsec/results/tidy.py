@@ -244,7 +244,9 @@ def long_frame(parts: list[pd.DataFrame], results: pd.DataFrame, keys: list[str]
     parts = [p for p in parts if p is not None and not p.empty]
     if not parts:
         return pd.DataFrame({"run": pd.Series(dtype="string")})
-    df = pd.concat([p.astype(object) for p in parts], ignore_index=True).rename(columns=ROUND_RENAME)
+    # rename per part: runs written before a column was renamed (rounds.csv "dropped") mix with
+    # newer ones ("dropped_replies"); renaming after the concat would duplicate the column
+    df = pd.concat([p.astype(object).rename(columns=ROUND_RENAME) for p in parts], ignore_index=True)
     if keys is None:
         keys = varying_keys(results) if not results.empty else []
     keys = [k for k in keys if k in results and k not in df]
