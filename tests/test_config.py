@@ -33,6 +33,22 @@ def test_resolved_config_round_trips():
     assert again.params("attack") == cfg.params("attack")
 
 
+@pytest.mark.parametrize("overrides", [
+    ["simulation.backend=inprocess"],
+    ["simulation.backend=inprocess", "train.adversarial=pgd", "train.adversarial_eps=0.1", "evasion.eps=[0.1]"],
+    ["privacy.mode=dp_sgd", "privacy.noise_multiplier=1.0", "defense.name=median", "defense.f=1"],
+    ["privacy.mode=central", "privacy.secure_aggregation=true", "reconstruction.enabled=true"],
+    ["attack.name=neurotoxin", "attack.fraction=0.2", "attack.schedule=every_k", "attack.every=2",
+     "detection.name=fldetector", "train.optimizer=adam", "train.schedule=cosine", "train.augment=true"],
+])
+def test_every_resolved_config_loads_back(overrides):
+    """A run directory's config.toml is rerunnable: the resolved config of any valid config
+    loads again to the same config (no key that validation would call inapplicable)."""
+    cfg = load_config(raw={}, overrides=overrides)
+    again = load_config(raw=__import__("tomllib").loads(cfg.to_toml()))
+    assert again.to_dict() == cfg.to_dict()
+
+
 @pytest.mark.parametrize(
     "overrides, fragments",
     [

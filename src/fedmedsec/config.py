@@ -360,11 +360,17 @@ class Config(_Section):
                     if not sec.augment:
                         skip |= {"augment_flip", "augment_shift"}
                     d = {k: v for k, v in d.items() if k not in skip}
+                if name == "simulation" and sec.backend == "inprocess":
+                    d = {k: v for k, v in d.items() if k not in _RAY_ONLY}
             out[name] = d
         return _drop_none(out)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+#: simulation keys that only the Ray backend reads
+_RAY_ONLY = ("ray_address", "num_cpus_per_client", "num_gpus_per_client")
 
 
 def _drop_none(d: Any) -> Any:
@@ -672,7 +678,7 @@ def validate_components(cfg: Config) -> None:
     _check_curious_server(cfg)
     sim = cfg.simulation
     if sim.backend == "inprocess":
-        for k in ("ray_address", "num_cpus_per_client", "num_gpus_per_client"):
+        for k in _RAY_ONLY:
             if k in sim.model_fields_set:
                 raise ConfigError(f"simulation.{k} does not apply to simulation.backend = 'inprocess'",
                                   key=f"simulation.{k}", inapplicable=True)
