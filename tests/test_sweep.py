@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import tomllib
 import re
 from pathlib import Path
 
@@ -171,6 +172,17 @@ def test_example_grid_table_resume_and_report(tmp_path):
     pts3, log3 = sweep(grid, out)
     assert sum(p.status == "done" for p in pts3) == 1 and pts3[5].status == "done"
     assert "7 already complete" in log3
+
+    # a run made before an option existed (its config.toml lacks the new keys) is still
+    # complete when the option is at its default
+    import tomli_w
+    cfg_path = out / pts[0].name / "config.toml"
+    stored = tomllib.loads(cfg_path.read_text())
+    stored.pop("reconstruction", None)
+    stored["privacy"].pop("prune_ratio", None)
+    cfg_path.write_text(tomli_w.dumps(stored))
+    pts4, _ = sweep(grid, out)
+    assert [p.status for p in pts4] == ["skipped"] * 8
 
     # same --out with a changed configuration is refused, not silently mixed
     grid.write_text(grid.read_text().replace('"experiment.rounds" = 2', '"experiment.rounds" = 3'))

@@ -199,6 +199,17 @@ def _comparable(cfg) -> dict:
     return _strip(cfg.to_dict())
 
 
+def _stored(old: dict) -> dict:
+    """A stored config.toml as the current code resolves it: keys added since the run was
+    made (new sections, new options) take their defaults, so a finished run stays finished
+    after an upgrade that adds an option it did not use; a stored config the current code
+    refuses is compared as written."""
+    try:
+        return _comparable(config_from_dict(copy.deepcopy(old)))
+    except (ConfigError, ValueError, TypeError):
+        return _strip(old)
+
+
 def expand(grid: Grid) -> list[Point]:
     """All points of the grid, normalised, validated and deduplicated (first one kept)."""
     base_raw = read_toml(grid.base)
@@ -336,7 +347,7 @@ def _complete(run: Path, cfg) -> bool:
         old = tomllib.loads((run / "config.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return False
-    if _strip(old) != _comparable(cfg):
+    if _stored(old) != _comparable(cfg):
         raise ConfigError(
             f"run directory {str(run)!r} is complete but was made with a different configuration; "
             "use a new --out directory or delete it"
