@@ -9,6 +9,12 @@ resolved experiment config (TOML), so one ClientApp serves every experiment. The
 csv or medmnist; ignored for datasets that read no file); ``role = "attacker"`` makes this
 node play the configured attack (red-team runs), ``role = "honest"`` keeps it honest.
 
+On a hospital's SuperNode (a node config without ``num-partitions``, which only Flower's
+simulation engine sets) the node's policy applies (``node_policy``): its own ``data-path``
+is the only file it opens (a file dataset on a node without one is refused, and so is
+``data.server_test`` or a record name with a path in it), and an exception leaves the node
+as a fixed phrase plus the exception's type (the full text stays in the node's log).
+
 Two kinds of messages:
 
 - ``train`` / ``evaluate`` (a deployment, ``flwr run``): the node is one hospital, its
@@ -30,8 +36,10 @@ received from the simulation driver (``preload_setup``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import pickle
 import resource
 from typing import Any
@@ -46,10 +54,12 @@ from ..data.partition import PartitionError
 from ..deployment import node_setup
 from ..experiment import Setup, setup_from_toml
 from ..training import set_torch_threads
+from .node_policy import NodePolicyError, guarded, restrict_config, safe_error
 from .records import record_to_vector, to_record
 
 set_torch_threads()
 
+log = logging.getLogger("fedmedsec.node")
 app = ClientApp()
 
 #: Setups sent by the simulation driver, by ``setup_key`` of their config text
@@ -89,6 +99,16 @@ def _setup(cfg_text: str) -> Setup:
     return setup_from_toml(cfg_text)
 
 
+def _reads_file(data: dict) -> bool:
+    """Does the config's dataset read a file (its parameters have a ``path``)?"""
+    from ..data import DATASETS
+
+    try:
+        return "path" in DATASETS.get(str(data.get("name", "wdbc"))).params.model_fields
+    except KeyError:  # not registered here: the config itself says whether it reads a file
+        return "path" in data
+
+
 def _with_data_path(cfg_text: str, data_path: str) -> str:
     """The resolved config with ``data.path`` replaced by this node's ``data-path`` (for
     file datasets such as csv and medmnist, whose parameters have a ``path``)."""
@@ -96,33 +116,65 @@ def _with_data_path(cfg_text: str, data_path: str) -> str:
 
     import tomli_w
 
-    from ..data import DATASETS
-
     cfg = tomllib.loads(cfg_text)
     data = cfg.setdefault("data", {})
-    try:
-        has_path = "path" in DATASETS.get(str(data.get("name", "wdbc"))).params.model_fields
-    except KeyError:  # not registered here: the config itself says whether it reads a file
-        has_path = "path" in data
-    if not has_path:
+    if not _reads_file(data):
         return cfg_text  # the dataset reads no file (e.g. the embedded wdbc)
     data["path"] = data_path
     return tomli_w.dumps(cfg)
 
 
+def simulated(context: Context) -> bool:
+    """A node of Flower's simulation engine (it sets ``num-partitions``; a hospital's
+    SuperNode started with the kit has only ``partition-id``, ``data-path`` and ``role``)."""
+    return "num-partitions" in context.node_config
+
+
+def node_config_text(cfg_text: str, context: Context, protocol: bool = False) -> str:
+    """The experiment config as this node may run it. A simulated node: ``data-path``
+    replaces ``data.path`` when given. A hospital's node: ``node_policy.restrict_config``
+    (its own ``data-path`` wins, a file dataset without one is refused, so is
+    ``data.server_test``); with ``protocol`` (hospital-local data, where the coordinator's
+    ``data.server_test`` is the server's own file that no node opens) that key is removed
+    instead of refused."""
+    if simulated(context):
+        data_path = context.node_config.get("data-path")
+        return _with_data_path(cfg_text, str(data_path)) if data_path else cfg_text
+    import tomllib
+
+    import tomli_w
+
+    cfg = tomllib.loads(cfg_text)
+    if protocol and isinstance(cfg.get("data"), dict):
+        cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "server_test"}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return tomli_w.dumps(restrict_config(cfg, context.node_config, _reads_file(data)))
+
+
+def node_guard(handler):
+    """On a hospital's node, ``node_policy.guarded``: an exception is logged in full on the
+    node and leaves it as ``NodeError(safe_error(e))`` (Flower's error reply then carries
+    no file contents); a simulated node raises as it is."""
+    safe = guarded(handler)
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        return (handler if simulated(context) else safe)(msg, context)
+
+    return wrapper
+
+
 def _node(msg: Message, context: Context):
     cfg_text = str(msg.content["config"]["fedmedsec-config"])
     pid = int(context.node_config["partition-id"])
-    data_path = context.node_config.get("data-path")
     if "fedmedsec-data" in msg.content["config"]:
         # hospital-local data: this node's own file, encoded and preprocessed as agreed
         _protect_loggers()
-        setup = node_setup(_config(cfg_text), json.loads(str(msg.content["config"]["fedmedsec-data"])),
+        cfg = _config(node_config_text(cfg_text, context, protocol=True))
+        setup = node_setup(cfg, json.loads(str(msg.content["config"]["fedmedsec-data"])),
                            _own_file(context), pid)
         return setup, setup.data.hospitals[pid], pid
-    if data_path:
-        cfg_text = _with_data_path(cfg_text, str(data_path))
-    setup = _setup(cfg_text)
+    setup = _setup(node_config_text(cfg_text, context))
     return setup, setup.data.hospitals[pid], pid
 
 
@@ -197,6 +249,7 @@ def _evaluate_records(setup: Setup, pid: int, global_vec, server_round: int) -> 
 
 
 @app.train()
+@node_guard
 def train(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     server_round = int(msg.content["config"]["server-round"])
@@ -209,6 +262,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@node_guard
 def evaluate(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     model = setup.new_model()
@@ -224,7 +278,7 @@ def _batch(msg: Message, context: Context) -> tuple[Setup, list[int]]:
     """The Setup and the partition ids this message asks of this node; refuses ids the node
     does not serve, so each hospital's state stays on one node."""
     cfg = msg.content["config"]
-    setup = _setup(str(cfg["fedmedsec-config"]))
+    setup = _setup(node_config_text(str(cfg["fedmedsec-config"]), context))
     pids = [int(p) for p in cfg["partition-ids"]]
     k = int(context.node_config.get("partition-id", 0))
     n_nodes = int(context.node_config.get("num-partitions", 1))
@@ -249,11 +303,17 @@ def _node_record() -> MetricRecord:
     return MetricRecord({"max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def _error_record(e: Exception) -> ConfigRecord:
-    return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
+def _error_record(e: Exception, context: Context) -> ConfigRecord:
+    """One hospital's failure on a batched node: the exception's text on a simulated node,
+    ``safe_error`` (logged in full here) on a hospital's node."""
+    if simulated(context):
+        return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
+    log.error("a hospital's %s failed on this node", "batch", exc_info=e)
+    return ConfigRecord({"reason": safe_error(e)})
 
 
 @app.train(BATCH)
+@node_guard
 def train_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
     cfg = msg.content["config"]
@@ -270,12 +330,13 @@ def train_batch(msg: Message, context: Context) -> Message:
             for name, record in records.items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001 - one hospital's failure is its own reply
-            out[f"{pid}/error"] = _error_record(e)
+            out[f"{pid}/error"] = _error_record(e, context)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
 
 @app.evaluate(BATCH)
+@node_guard
 def evaluate_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
     server_round = int(msg.content["config"]["server-round"])
@@ -287,12 +348,13 @@ def evaluate_batch(msg: Message, context: Context) -> Message:
             for name, record in _evaluate_records(setup, pid, global_vec, server_round).items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001
-            out[f"{pid}/error"] = _error_record(e)
+            out[f"{pid}/error"] = _error_record(e, context)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
 
 @app.query()
+@node_guard
 def query(msg: Message, context: Context) -> Message:
     """Who are you (the partition id, so the server can key everything by it, and the
     federation size ``num-partitions`` where the node config has it), or one step
@@ -311,7 +373,7 @@ def query(msg: Message, context: Context) -> Message:
     from ..deployment import node_schema, node_statistics
 
     try:
-        cfg = _config(str(cfg_rec["fedmedsec-config"]))
+        cfg = _config(node_config_text(str(cfg_rec["fedmedsec-config"]), context, protocol=True))
         payload = json.loads(str(cfg_rec.get("payload", "{}")))
         if stage == "schema":
             result = node_schema(cfg, _own_file(context))
@@ -320,6 +382,10 @@ def query(msg: Message, context: Context) -> Message:
         else:
             raise DataError(f"unknown data-protocol stage {str(stage)[:40]!r}")
         reply = ConfigRecord({"result": json.dumps(result)})
-    except (DataError, ConfigError, PartitionError) as e:
-        reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
+    except (DataError, ConfigError, PartitionError, NodePolicyError, OSError) as e:
+        if simulated(context):
+            reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
+        else:  # the detail (a header line, a cell, a path) stays in this node's log
+            log.error("data protocol (%s) failed on this node", stage, exc_info=e)
+            reply = ConfigRecord({"error": safe_error(e)})
     return Message(content=RecordDict({"config": reply}), reply_to=msg)
