@@ -1,7 +1,7 @@
 """The ClientApp on a hospital's SuperNode (flower/client_app.py with node_policy): its own
 data-path is the only file it opens, data.server_test is never opened there, and what an
-error reply carries is a fixed phrase plus the exception's type. A simulated node (Flower's
-simulation engine sets num-partitions) keeps the old behaviour. No SuperLink: the handlers
+error reply carries is a fixed phrase plus the exception's type. A config whose Setup the
+simulation driver preloaded (fedmedsec run on Ray) is left as it is. No SuperLink: the handlers
 are called with a hand-made Context and Message."""
 
 from __future__ import annotations
@@ -74,11 +74,25 @@ def test_server_test_is_refused_on_a_node_and_removed_in_the_data_protocol(tmp_p
     assert "server_test" not in out["data"] and out["data"]["path"] == "/srv/h0.csv"
 
 
-def test_a_simulated_node_is_unchanged():
-    from fedmedsec.flower.client_app import node_config_text
+def test_a_config_the_simulation_driver_preloaded_is_unchanged():
+    import pickle
 
-    text = _text(CSV_CFG)
-    assert node_config_text(text, _context({"partition-id": 0, "num-partitions": 2})) == text
+    from fedmedsec.experiment import build_setup
+    from fedmedsec.flower import client_app
+
+    raw = {"experiment": {"rounds": 1, "mia": False}, "data": {"name": "wdbc", "num_hospitals": 2},
+           "model": {"name": "mlp", "hidden": [4]}}
+    cfg = load_config(raw=raw)
+    text = cfg.to_toml()
+    key = client_app.setup_key(text)
+    client_app.preload_setup(key, pickle.dumps(build_setup(cfg)))
+    try:
+        ctx = _context({"partition-id": 0, "num-partitions": 2})
+        assert client_app.driven(text) and client_app.node_config_text(text, ctx) == text
+        # the same config text on a node that got no Setup from a driver: the policy
+        assert not client_app.driven(_text(CSV_CFG))
+    finally:
+        client_app._PRELOADED.pop(key, None)
 
 
 def _query(stage: str, raw: dict, node_config: dict):
@@ -110,9 +124,6 @@ def test_a_data_error_on_a_hospital_node_carries_no_file_contents(tmp_path, capl
     assert err == "data file refused by the loader (DataError)", err
     assert "John" not in err and str(tmp_path) not in err
     assert "John_Smith" in caplog.text  # the node's own log keeps the detail
-    # a simulated node still says what is wrong (the user's own machine)
-    sim = _query("schema", CSV_CFG, {"partition-id": 0, "num-partitions": 2, "data-path": str(secret)})
-    assert "num" in sim.content["config"]["error"]
 
 
 def test_a_node_without_data_path_refuses_the_data_protocol():
@@ -133,3 +144,29 @@ def test_train_on_a_hospital_node_raises_only_the_safe_line():
         train(msg, _context({"partition-id": 0, "data-path": "/nonexistent/secret-dir/h0.csv"}))
     assert "secret-dir" not in str(info.value) and "(" in str(info.value)
     assert info.value.__cause__ is None
+
+
+# --------------------------------------------------------------------------- the ServerApp's run directory
+
+@pytest.mark.parametrize("out", ["../../etc/x", "runs/../../x", "/etc/cron.d/x", "a/../../b"])
+def test_a_flwr_users_out_cannot_leave_the_coordinators_folder(out, monkeypatch):
+    from fedmedsec.config import ConfigError
+    from fedmedsec.flower.app import OUT_ROOT_ENV, server_run_dir
+
+    monkeypatch.delenv(OUT_ROOT_ENV, raising=False)
+    with pytest.raises(ConfigError, match="run config 'out'"):
+        server_run_dir(out, "x")
+
+
+def test_out_under_the_coordinators_root_is_allowed(tmp_path, monkeypatch):
+    from fedmedsec.config import ConfigError
+    from fedmedsec.flower.app import OUT_ROOT_ENV, server_run_dir
+
+    monkeypatch.setenv(OUT_ROOT_ENV, str(tmp_path))
+    assert server_run_dir(str(tmp_path / "a" / "run"), "x") == (tmp_path / "a" / "run").resolve()
+    assert server_run_dir("b/run", "x") == (tmp_path / "b" / "run").resolve()
+    with pytest.raises(ConfigError, match="FEDMEDSEC_OUT_ROOT"):
+        server_run_dir("/etc/x", "x")
+    monkeypatch.delenv(OUT_ROOT_ENV)
+    assert server_run_dir("runs/mine", "x") == __import__("pathlib").Path("runs/mine")
+    assert str(server_run_dir("", "exp")).startswith("runs/exp-")

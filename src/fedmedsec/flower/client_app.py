@@ -9,11 +9,12 @@ resolved experiment config (TOML), so one ClientApp serves every experiment. The
 csv or medmnist; ignored for datasets that read no file); ``role = "attacker"`` makes this
 node play the configured attack (red-team runs), ``role = "honest"`` keeps it honest.
 
-On a hospital's SuperNode (a node config without ``num-partitions``, which only Flower's
-simulation engine sets) the node's policy applies (``node_policy``): its own ``data-path``
-is the only file it opens (a file dataset on a node without one is refused, and so is
-``data.server_test`` or a record name with a path in it), and an exception leaves the node
-as a fixed phrase plus the exception's type (the full text stays in the node's log).
+Every node but those of a driver-preloaded simulation (``fedmedsec run`` on Ray, whose
+Setup the driver hands over itself: ``driven``) runs under the node policy
+(``node_policy``): its own ``data-path`` is the only file it opens (a file dataset on a
+node without one is refused, and so is ``data.server_test`` or a record name with a path
+in it), and an exception leaves the node as a fixed phrase plus the exception's type (the
+full text stays in the node's log).
 
 Two kinds of messages:
 
@@ -124,22 +125,22 @@ def _with_data_path(cfg_text: str, data_path: str) -> str:
     return tomli_w.dumps(cfg)
 
 
-def simulated(context: Context) -> bool:
-    """A node of Flower's simulation engine (it sets ``num-partitions``; a hospital's
-    SuperNode started with the kit has only ``partition-id``, ``data-path`` and ``role``)."""
-    return "num-partitions" in context.node_config
+def driven(cfg_text: str) -> bool:
+    """Is this message's config one whose Setup the simulation driver sent this process
+    (``preload_setup``: ``fedmedsec run`` on Ray, the driver's own machine)? Everything else,
+    a hospital's SuperNode above all, runs under the node policy."""
+    return setup_key(cfg_text) in _PRELOADED
 
 
 def node_config_text(cfg_text: str, context: Context, protocol: bool = False) -> str:
-    """The experiment config as this node may run it. A simulated node: ``data-path``
-    replaces ``data.path`` when given. A hospital's node: ``node_policy.restrict_config``
-    (its own ``data-path`` wins, a file dataset without one is refused, so is
-    ``data.server_test``); with ``protocol`` (hospital-local data, where the coordinator's
-    ``data.server_test`` is the server's own file that no node opens) that key is removed
-    instead of refused."""
-    if simulated(context):
-        data_path = context.node_config.get("data-path")
-        return _with_data_path(cfg_text, str(data_path)) if data_path else cfg_text
+    """The experiment config as this node may run it (``node_policy.restrict_config``): its
+    own ``data-path`` wins, a file dataset without one is refused, so is
+    ``data.server_test`` and a record name with a path in it. With ``protocol``
+    (hospital-local data, where ``data.server_test`` is the coordinator's own file, which no
+    node opens) that key is removed instead of refused. A config the simulation driver
+    preloaded (``driven``) is returned as it is."""
+    if driven(cfg_text):
+        return cfg_text
     import tomllib
 
     import tomli_w
@@ -151,15 +152,22 @@ def node_config_text(cfg_text: str, context: Context, protocol: bool = False) ->
     return tomli_w.dumps(restrict_config(cfg, context.node_config, _reads_file(data)))
 
 
+def _message_driven(msg: Message) -> bool:
+    try:
+        return driven(str(msg.content["config"]["fedmedsec-config"]))
+    except (KeyError, TypeError):
+        return False
+
+
 def node_guard(handler):
-    """On a hospital's node, ``node_policy.guarded``: an exception is logged in full on the
-    node and leaves it as ``NodeError(safe_error(e))`` (Flower's error reply then carries
-    no file contents); a simulated node raises as it is."""
+    """``node_policy.guarded`` unless the message belongs to a driver-preloaded simulation
+    (``driven``): an exception is logged in full on the node and leaves it as
+    ``NodeError(safe_error(e))``, so Flower's error reply carries no file contents."""
     safe = guarded(handler)
 
     @functools.wraps(handler)
     def wrapper(msg: Message, context: Context) -> Message:
-        return (handler if simulated(context) else safe)(msg, context)
+        return (handler if _message_driven(msg) else safe)(msg, context)
 
     return wrapper
 
@@ -303,10 +311,10 @@ def _node_record() -> MetricRecord:
     return MetricRecord({"max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def _error_record(e: Exception, context: Context) -> ConfigRecord:
-    """One hospital's failure on a batched node: the exception's text on a simulated node,
-    ``safe_error`` (logged in full here) on a hospital's node."""
-    if simulated(context):
+def _error_record(e: Exception, msg: Message) -> ConfigRecord:
+    """One hospital's failure on a batched node: the exception's text in a driver-preloaded
+    simulation, ``safe_error`` (logged in full here) anywhere else."""
+    if _message_driven(msg):
         return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
     log.error("a hospital's %s failed on this node", "batch", exc_info=e)
     return ConfigRecord({"reason": safe_error(e)})
@@ -330,7 +338,7 @@ def train_batch(msg: Message, context: Context) -> Message:
             for name, record in records.items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001 - one hospital's failure is its own reply
-            out[f"{pid}/error"] = _error_record(e, context)
+            out[f"{pid}/error"] = _error_record(e, msg)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
@@ -348,7 +356,7 @@ def evaluate_batch(msg: Message, context: Context) -> Message:
             for name, record in _evaluate_records(setup, pid, global_vec, server_round).items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001
-            out[f"{pid}/error"] = _error_record(e, context)
+            out[f"{pid}/error"] = _error_record(e, msg)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
@@ -383,9 +391,7 @@ def query(msg: Message, context: Context) -> Message:
             raise DataError(f"unknown data-protocol stage {str(stage)[:40]!r}")
         reply = ConfigRecord({"result": json.dumps(result)})
     except (DataError, ConfigError, PartitionError, NodePolicyError, OSError) as e:
-        if simulated(context):
-            reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
-        else:  # the detail (a header line, a cell, a path) stays in this node's log
-            log.error("data protocol (%s) failed on this node", stage, exc_info=e)
-            reply = ConfigRecord({"error": safe_error(e)})
+        # the detail (a header line, a cell, a path) stays in this node's log
+        log.error("data protocol (%s) failed on this node", stage, exc_info=e)
+        reply = ConfigRecord({"error": safe_error(e)})
     return Message(content=RecordDict({"config": reply}), reply_to=msg)
