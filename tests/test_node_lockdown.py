@@ -170,3 +170,29 @@ def test_out_under_the_coordinators_root_is_allowed(tmp_path, monkeypatch):
     monkeypatch.delenv(OUT_ROOT_ENV)
     assert server_run_dir("runs/mine", "x") == __import__("pathlib").Path("runs/mine")
     assert str(server_run_dir("", "exp")).startswith("runs/exp-")
+
+
+# --------------------------------------------------------------------------- the kit's certificates
+
+KIT = __import__("pathlib").Path(__file__).resolve().parents[1] / "clients"
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs openssl")
+def test_make_certs_keeps_ca_key_out_of_the_superlink_directory_and_start_superlink_refuses_it(tmp_path):
+    import subprocess
+
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(KIT / "make_certs.sh"), str(certs), "link.example"], check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.crt", "server.key", "server.pem"]
+    ca = tmp_path / "certs-ca"
+    assert (ca / "ca.key").is_file() and (ca.stat().st_mode & 0o077) == 0
+    ok = subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(certs / "server.pem")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (certs / "ca.key").write_bytes((ca / "ca.key").read_bytes())
+    res = subprocess.run(["bash", str(KIT / "start_superlink.sh"), str(certs)], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert res.returncode == 1 and "holds ca.key" in res.stderr
+    again = subprocess.run(["bash", str(KIT / "make_certs.sh"), str(certs)], capture_output=True, text=True)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
