@@ -33,7 +33,7 @@ PHASES = tuple(Phase) if os.environ.get("FUZZ_SHRINK") else (Phase.explicit, Pha
 SETTINGS = dict(deadline=None, derandomize=True, database=None, phases=PHASES,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
-EXAMPLES = int(os.environ.get("FEDMEDSEC_FUZZ_EXAMPLES", 25))
+EXAMPLES = int(os.environ.get("FEDMEDSEC_FUZZ_EXAMPLES", 15))
 N_HOSPITALS = 10
 
 
@@ -194,6 +194,7 @@ def _drive(co, data, rounds: int = 4) -> None:
     from fedmedsec.aggregators.base import precondition_problem
 
     n = co.setup.n
+    _record_drive(co, "start")
     # rules that cannot aggregate a handful of replies get nearly full rounds more often
     # (a round with too few then records the failed precondition and keeps the model)
     few_ok = precondition_problem(co.cfg.defense.name, 2, co.cfg.defense.f, list(co.cfg.defense.pre)) is None
@@ -219,6 +220,19 @@ def _drive(co, data, rounds: int = 4) -> None:
         accepted = [c["partition_id"] for c in rows if c["accepted"]]
         assert len(accepted) == len(set(accepted)), f"round {r}: a hospital aggregated twice: {accepted}"
         assert set(accepted) <= set(sampled), f"round {r}: aggregated an unsampled id {accepted} vs {sampled}"
+        _record_drive(co, "round", replies=len(replies), valid=int(any_valid))
+
+
+def _record_drive(co, what: str, **extra) -> None:
+    """For the report's table (FEDMEDSEC_FUZZ_STATS): one line per round that passed every
+    property (a failing round raises before this)."""
+    if what != "round":
+        return
+    from test_fuzz_common import Outcome, record
+
+    o = Outcome([co.cfg.defense.name, *co.cfg.defense.pre, co.cfg.detection.name], 0, "", "")
+    o.kind, o.extra = "ok", extra
+    record("replies-rounds", o)
 
 
 #: (rule, pre, detector, weighted) -> reason: known failures the generated cases avoid (none)
