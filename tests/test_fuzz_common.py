@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY_RE = re.compile(
     r"\b(experiment|data|model|train|attack|defense|detection|privacy|simulation|evasion)\.[A-Za-z_]"
     r"|--out|--resume|--overwrite|config file|grid file|override|unknown key|sections are|data\.path|"
-    r"data file|\.csv|\.npz|[Gg]rid")
+    r"data file|\.csv|\.npz|[Gg]rid|^error: (report|sweep|run): ")
 
 #: the address space a case may take (the machine is shared: an absurd model must fail, not
 #: take the memory of every other process)

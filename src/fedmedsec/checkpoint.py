@@ -134,7 +134,11 @@ def load_model_vector(path: str | Path, template: torch.nn.Module) -> torch.Tens
     from .training import state_vector
 
     p = Path(path).expanduser()
-    if not p.is_file():
+    try:
+        exists = p.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        exists = False
+    if not exists:
         raise ConfigError(f"experiment.init_model = {str(p)[:200]!r}: no such file", key="experiment.init_model")
     try:
         sd = torch.load(p, weights_only=True)
