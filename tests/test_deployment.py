@@ -65,7 +65,7 @@ class Federation:
         self.tmp = tmp
         self.port = _free_port()
         self.env = {**os.environ, "FLWR_HOME": str(tmp / "flwr-home"),
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FEDMEDSEC_OUT_ROOT": str(tmp.parent),
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         self.procs: dict[str, subprocess.Popen] = {}

@@ -50,6 +50,7 @@ def save(run_dir: Path, co, transport_states: dict | None) -> None:
     records = {
         "round": len(co.rounds), "rounds": co.rounds, "clients": co.clients,
         "epsilons": {str(k): v for k, v in co.epsilons.items()},
+        "dp_history": {str(k): [list(h) for h in v] for k, v in co.dp_history.items()},
         "last_eval": [ev_dict(e) for e in co.last_eval.values()],
         "last_server": None if co.last_server is None else co.last_server.to_dict(),
         "last_federated": None if co.last_federated is None else co.last_federated.to_dict(),
@@ -104,6 +105,8 @@ def restore(co, tensors: dict[str, Any], records: dict[str, Any]) -> None:
     co.rounds = records["rounds"]
     co.clients = records["clients"]
     co.epsilons = {int(k): v for k, v in records["epsilons"].items()}
+    co.dp_history = {int(k): [(float(s), float(q), int(t)) for s, q, t in v]
+                     for k, v in records.get("dp_history", {}).items()}
     co.last_eval = {e["partition_id"]: ClientEval(e["partition_id"], e["loss"], e["accuracy"],
                                                   e["num_examples"], counts=counts_of(e["counts"]))
                     for e in records["last_eval"]}
@@ -131,7 +134,11 @@ def load_model_vector(path: str | Path, template: torch.nn.Module) -> torch.Tens
     from .training import state_vector
 
     p = Path(path).expanduser()
-    if not p.is_file():
+    try:
+        exists = p.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        exists = False
+    if not exists:
         raise ConfigError(f"experiment.init_model = {str(p)[:200]!r}: no such file", key="experiment.init_model")
     try:
         sd = torch.load(p, weights_only=True)

@@ -164,6 +164,12 @@ def setup_from_data(cfg: Config, data: FederatedData, collude_locally: bool = Fa
         except ValueError as e:
             raise ConfigError(str(e)) from None
     setup = Setup(cfg=cfg, data=data, attackers=attackers, collude_locally=collude_locally)
+    try:  # the model must fit the data's shape (e.g. a CNN's pooling blocks on tiny images)
+        setup.new_model()
+    except (ValueError, RuntimeError, MemoryError, OverflowError) as e:  # torch: negative or huge widths
+        text = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        msg = text if text.startswith("model.") else f"model.name = {cfg.model.name!r} cannot be built: {text}"
+        raise ConfigError(msg, key="model.name") from None
     _ = setup.attack  # validate the attack against the data now
     _check_evasion(setup)
     if cfg.privacy.mode == "dp_sgd":

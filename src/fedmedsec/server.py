@@ -101,7 +101,11 @@ class Coordinator:
         self.on_round = on_round
         self.rounds: list[dict] = []
         self.clients: list[dict] = []
+        #: partition id -> the hospital's cumulative DP-SGD epsilon by the server's own
+        #: accountant (``_account``); what a hospital reports is only recorded beside it
         self.epsilons: dict[int, float] = {}
+        #: partition id -> the (sigma, q, steps) of every round whose update reached the server
+        self.dp_history: dict[int, list[tuple[float, float, int]]] = {}
         self.last_eval: dict[int, ClientEval] = {}
         self.last_server: EvalCounts | None = None  # the server's latest evaluation
         self.last_federated: EvalCounts | None = None  # the latest merged hospital counts
@@ -185,13 +189,17 @@ class Coordinator:
 
     # ------------------------------------------------------------------ aggregation
     def _validate(self, reply: ClientReply, seen: set[int]) -> str | None:
-        if reply.problem:
-            return reply.problem
+        if reply.problem is not None:
+            return _one_line(reply.problem)
         if reply.partition_id not in self._sampled:
             return "not sampled this round"
         if reply.partition_id in seen:
             return "duplicate reply"
         v = reply.vector
+        if v is not None and not isinstance(v, torch.Tensor):
+            return f"not a tensor ({type(v).__name__})"
+        if v is not None:
+            v = v.detach()
         if v is None or v.shape != self.global_vec.shape:
             return f"wrong shape {None if v is None else tuple(v.shape)}"
         if v.dtype != self.global_vec.dtype:
@@ -205,7 +213,7 @@ class Coordinator:
 
     def _row(self, server_round: int, reply: ClientReply, problem: str | None) -> dict:
         setup, pid = self.setup, reply.partition_id
-        m = reply.metrics
+        m = reply.metrics if isinstance(reply.metrics, dict) else {}
         return {
             "round": server_round, "partition_id": pid,
             "hospital": ("pooled" if pid == POOLED else
@@ -215,9 +223,10 @@ class Coordinator:
             "reported_attacking": int(_number(m.get("malicious"), 0.0) > 0),
             "status": "dropped" if problem else "ok", "problem": problem or "",
             "accepted": 0, "weight": 0.0, "update_norm": float("nan"),
-            "num_examples": reply.num_examples,
+            "num_examples": _count(reply.num_examples),
             "train_loss": _number(m.get("train-loss")),
-            "epsilon": _number(m.get("epsilon")),
+            "epsilon": float("nan"),  # the server's own accountant (``_account``)
+            "reported_epsilon": _number(m.get("epsilon")),
         }
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> None:
@@ -226,19 +235,22 @@ class Coordinator:
         rows: dict[int, dict] = {}
         valid: list[ClientReply] = []
         seen: set[int] = set()
-        for r in sorted(replies, key=lambda r: r.partition_id):
+        # a partition id that is not an int (in-process transports only) is nobody's reply
+        replies = [r for r in replies if isinstance(r.partition_id, (int, np.integer))
+                   and not isinstance(r.partition_id, bool)]
+        for r in sorted(replies, key=lambda r: int(r.partition_id)):
             problem = self._validate(r, seen)
             if r.vector is not None:
                 self.bytes_up += self._param_bytes
-            row = self._row(server_round, r, problem)
             if r.partition_id in rows:  # a duplicate keeps the first reply's record
                 continue
+            row = self._row(server_round, r, problem)
             rows[r.partition_id] = row
+            if r.partition_id in self._sampled and r.vector is not None:
+                row["epsilon"] = self._account(r.partition_id, row["num_examples"])
             if problem is None:
                 seen.add(r.partition_id)
-                valid.append(r)
-                if np.isfinite(row["epsilon"]):
-                    self.epsilons[r.partition_id] = row["epsilon"]
+                valid.append(dataclasses.replace(r, vector=r.vector.detach()))
         self._pending = rows
         if not valid or len(valid) < cfg.experiment.min_hospitals:
             return  # no aggregation this round: the global model stays
@@ -270,6 +282,31 @@ class Coordinator:
             rows[pid]["weight"] = w
             rows[pid]["accepted"] = int((result.weights is None or w > 0) and not rows[pid].get("flagged"))
 
+    def _account(self, pid: int, reported_records: int) -> float:
+        """The server's own DP-SGD accountant for hospital ``pid`` after one more update of
+        it reached the server: the round's (sigma, q, steps) from the config and the
+        hospital's record count the server knows (its training split in a simulation; the
+        reported count only where the server holds no records, a deployment with
+        hospital-local files), and the cumulative epsilon (RDP, ``privacy.epsilon_of``).
+        What the hospital reports is never used for the run's epsilon. NaN unless DP-SGD."""
+        p = self.cfg.privacy
+        if p.mode != "dp_sgd":
+            return float("nan")
+        from .client import dp_noise_multiplier
+        from .privacy import epsilon_of, steps_per_epoch
+
+        n = len(self.setup.data.hospitals[pid].y_train) if 0 <= pid < self.setup.n else 0
+        n = n or reported_records
+        if n <= 0:
+            return float("nan")
+        t = self.cfg.train
+        q = min(t.batch_size, n) / n
+        step = (float(dp_noise_multiplier(self.setup, n)), q, t.local_epochs * steps_per_epoch(n, t.batch_size))
+        self.dp_history.setdefault(pid, []).append(step)
+        eps = float(epsilon_of(self.dp_history[pid], p.target_delta))
+        self.epsilons[pid] = eps
+        return eps
+
     def _collude(self, server_round: int, ids: tuple[int, ...], updates: torch.Tensor) -> torch.Tensor:
         attack = self.setup.attack
         if attack is None or not attack.needs_honest_updates:
@@ -296,8 +333,10 @@ class Coordinator:
 
         weights = None
         if self.cfg.defense.weighted:
-            w = torch.tensor([max(r.num_examples, 0) for r in replies], dtype=torch.float32)
-            weights = w / w.sum() if w.sum() > 0 else None
+            # float64: a count near 2**63 (or any absurd report) stays finite; a count that is
+            # not a non-negative int weighs 0
+            w = torch.tensor([float(_count(r.num_examples)) for r in replies], dtype=torch.float64)
+            weights = (w / w.sum()).to(torch.float32) if w.sum() > 0 else None
         reference = (root_update(self.setup, self.global_vec, server_round)
                      if self.capabilities.get("needs_reference") else None)
         return AggregationContext(
@@ -528,7 +567,28 @@ class Coordinator:
 
 def _number(value: Any, default: float = float("nan")) -> float:
     """A reported metric as a float; anything that is not one number (a list, a string,
-    None) becomes ``default`` rather than an exception."""
+    None, an int beyond float range) becomes ``default`` rather than an exception."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return default
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return default
+
+
+#: the largest record count a reply may claim (beyond it the count is not believed: 0)
+MAX_COUNT = 2**53
+
+
+def _count(value: Any) -> int:
+    """A reported ``num_examples`` as an int in [0, MAX_COUNT]; anything else is 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return 0
+    v = int(value)
+    return v if 0 <= v <= MAX_COUNT else 0
+
+
+def _one_line(text: Any) -> str:
+    """A transport's problem text as one short line (the clients.csv cell)."""
+    line = " ".join(str(text).split())[:300]
+    return line or "rejected by the transport"

@@ -19,6 +19,10 @@ from ..registry import Params
 from .base import DATASETS, DataError, RawData
 
 
+#: more classes than a clinical table's label by far (a class index beyond is a typo)
+MAX_CLASSES = 1000
+
+
 class CSVParams(Params):
     path: str | list[str] = Field(
         description="a CSV file with a header row (never downloaded), or one file per hospital "
@@ -206,6 +210,9 @@ def _encode(t: _Table, params: CSVParams, encoding: dict) -> RawData:
     if min(classes.values()) < 0:
         raise DataError(f"data.label_map: class indices must be >= 0, got {min(classes.values())}")
     num_classes = max(classes.values()) + 1
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"data.label_map: class index {num_classes - 1} makes {num_classes} classes "
+                        f"(at most {MAX_CLASSES})")
     names: list[str | None] = [None] * num_classes
     for k, v in classes.items():
         names[v] = k if names[v] is None else f"{names[v]}|{k}"

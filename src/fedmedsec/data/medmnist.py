@@ -17,12 +17,14 @@ from ..registry import Params
 from .base import DATASETS, DataError, RawData
 
 SPLITS = ("train", "val", "test")
+#: more classes than any MedMNIST task (11 at most) by far; a label beyond is a damaged file
+MAX_CLASSES = 1000
 
 
 class MedMNISTParams(Params):
     path: str | list[str] = Field(description="a MedMNIST .npz file (never downloaded), or one per hospital (a list, or a directory of .npz files)")
     use_val: bool = Field(True, description="merge the val split into the training pool")
-    num_classes: int | None = Field(None, ge=2, description="default: max label + 1")
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="default: max label + 1")
 
 
 def _images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
@@ -56,13 +58,26 @@ def _labels(arr: np.ndarray, key: str, path: Path, n: int) -> np.ndarray:
     arr = arr.reshape(-1)
     if arr.shape[0] != n:
         raise DataError(f"{path}: {key} has {arr.shape[0]} labels for {n} images")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key} holds {arr.dtype} labels; expected integers")
+    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype.kind != "b":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)) or (arr.size and np.abs(arr).max() > 2**62):
             raise DataError(f"{path}: {key} holds non-integer labels")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > 2**62:
+        raise DataError(f"{path}: {key} holds label {int(arr.max())}, beyond any class count")
     y = arr.astype(np.int64)
     if y.size and y.min() < 0:
         raise DataError(f"{path}: {key} holds negative label {int(y.min())}")
     return y
+
+
+def _array(npz, key: str, path: Path) -> np.ndarray:
+    """One array of the archive (read lazily by numpy): a damaged member (bad CRC, a
+    truncated entry) or an object array (a pickle, never loaded) is a one-line DataError."""
+    try:
+        return npz[key]
+    except Exception as exc:  # zipfile / numpy format errors
+        raise DataError(f"{path}: {key} cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 @DATASETS.register("medmnist", MedMNISTParams, modality="image")
@@ -85,8 +100,8 @@ def load_medmnist(params: MedMNISTParams, seed: int) -> RawData:
         for split in SPLITS:
             if split == "val" and not params.use_val:
                 continue
-            xs[split] = _images(npz[f"{split}_images"], f"{split}_images", path)
-            ys[split] = _labels(npz[f"{split}_labels"], f"{split}_labels", path, len(xs[split]))
+            xs[split] = _images(_array(npz, f"{split}_images", path), f"{split}_images", path)
+            ys[split] = _labels(_array(npz, f"{split}_labels", path), f"{split}_labels", path, len(xs[split]))
     shapes = {s: xs[s].shape[1:] for s in xs}
     if len(set(shapes.values())) != 1:
         raise DataError(f"{path}: splits have different image shapes {shapes}")
@@ -95,7 +110,12 @@ def load_medmnist(params: MedMNISTParams, seed: int) -> RawData:
     y = np.concatenate([ys[s] for s in pool])
     if len(x) == 0:
         raise DataError(f"{path}: the training split is empty")
+    if len(xs["test"]) == 0:
+        raise DataError(f"{path}: the test split (test_images) is empty; the server evaluates on it")
     top = int(max(y.max(initial=0), ys["test"].max(initial=0)))
+    if params.num_classes is None and top >= MAX_CLASSES:
+        raise DataError(f"{path}: label {top} would make {top + 1} classes (at most {MAX_CLASSES}); "
+                        "a damaged label column? (data.num_classes)")
     num_classes = params.num_classes if params.num_classes is not None else top + 1
     if top >= num_classes:
         raise DataError(f"{path}: label {top} does not fit data.num_classes = {num_classes}")

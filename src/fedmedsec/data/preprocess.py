@@ -89,7 +89,7 @@ class Preprocessor:
     def apply(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         """(transformed float32 copy of x [N, ...], number of imputed cells)."""
         shape = x.shape
-        flat = np.array(x, dtype=np.float32, copy=True).reshape(len(x), -1)
+        flat = np.array(x, dtype=np.float32, copy=True).reshape(len(x), int(np.prod(shape[1:], dtype=np.int64)))
         missing = 0
         if self.fill is not None:
             nan = np.isnan(flat)

@@ -97,6 +97,37 @@ def _find_config(name: str) -> Path:
     raise ConfigError(f"run config 'config' = {name!r}: no such file (looked in the working directory and the app)")
 
 
+#: the environment variable of the coordinator's SuperLink naming the one folder a
+#: ``flwr run`` user's ``out`` may lie under (unset: ``out`` must be relative, below the
+#: ServerApp's working directory)
+OUT_ROOT_ENV = "FEDMEDSEC_OUT_ROOT"
+
+
+def server_run_dir(out_text: str, name: str) -> Path:
+    """The run directory the ServerApp writes for a run config's ``out`` (whoever can reach
+    the Control API chooses it, so it is not trusted): no ``..`` component, and under
+    ``$FEDMEDSEC_OUT_ROOT`` when the coordinator sets it, else relative (below the working
+    directory). Empty: ``runs/NAME-TIMESTAMP``. A ConfigError otherwise."""
+    import os
+
+    if not out_text:
+        return Path("runs") / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out_text)
+    if ".." in out.parts or "\x00" in out_text or len(out_text) > 1000:
+        raise ConfigError(f"run config 'out' = {out_text[:200]!r}: no '..' in a run directory")
+    root = os.environ.get(OUT_ROOT_ENV)
+    if root:
+        full = (Path(root) / out).resolve() if not out.is_absolute() else out.resolve()
+        if not full.is_relative_to(Path(root).resolve()):
+            raise ConfigError(f"run config 'out' = {out_text[:200]!r}: must lie under the coordinator's "
+                              f"{OUT_ROOT_ENV}")
+        return full
+    if out.is_absolute():
+        raise ConfigError(f"run config 'out' = {out_text[:200]!r}: must be a relative path (the coordinator "
+                          f"sets {OUT_ROOT_ENV} to allow a folder)")
+    return out
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     def progress(row: dict) -> None:
@@ -105,7 +136,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         config, overrides, out_text = overrides_from_run_config(dict(context.run_config))
         cfg = load_config(_find_config(config), overrides)
-        out = Path(out_text) if out_text else Path("runs") / f"{cfg.experiment.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        out = server_run_dir(out_text, cfg.experiment.name)
         run_experiment(cfg, out, on_round=progress, connect=lambda c: connect(grid, c))
     except USER_ERRORS as e:  # a user's or a hospital's mistake: one line, no traceback
         print(f"error: {e}", flush=True)

@@ -9,6 +9,13 @@ resolved experiment config (TOML), so one ClientApp serves every experiment. The
 csv or medmnist; ignored for datasets that read no file); ``role = "attacker"`` makes this
 node play the configured attack (red-team runs), ``role = "honest"`` keeps it honest.
 
+Every node but those of a driver-preloaded simulation (``fedmedsec run`` on Ray, whose
+Setup the driver hands over itself: ``driven``) runs under the node policy
+(``node_policy``): its own ``data-path`` is the only file it opens (a file dataset on a
+node without one is refused, and so is ``data.server_test`` or a record name with a path
+in it), and an exception leaves the node as a fixed phrase plus the exception's type (the
+full text stays in the node's log).
+
 Two kinds of messages:
 
 - ``train`` / ``evaluate`` (a deployment, ``flwr run``): the node is one hospital, its
@@ -30,8 +37,10 @@ received from the simulation driver (``preload_setup``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import pickle
 import resource
 from typing import Any
@@ -46,10 +55,12 @@ from ..data.partition import PartitionError
 from ..deployment import node_setup
 from ..experiment import Setup, setup_from_toml
 from ..training import set_torch_threads
+from .node_policy import NodePolicyError, guarded, restrict_config, safe_error
 from .records import record_to_vector, to_record
 
 set_torch_threads()
 
+log = logging.getLogger("fedmedsec.node")
 app = ClientApp()
 
 #: Setups sent by the simulation driver, by ``setup_key`` of their config text
@@ -89,6 +100,16 @@ def _setup(cfg_text: str) -> Setup:
     return setup_from_toml(cfg_text)
 
 
+def _reads_file(data: dict) -> bool:
+    """Does the config's dataset read a file (its parameters have a ``path``)?"""
+    from ..data import DATASETS
+
+    try:
+        return "path" in DATASETS.get(str(data.get("name", "wdbc"))).params.model_fields
+    except KeyError:  # not registered here: the config itself says whether it reads a file
+        return "path" in data
+
+
 def _with_data_path(cfg_text: str, data_path: str) -> str:
     """The resolved config with ``data.path`` replaced by this node's ``data-path`` (for
     file datasets such as csv and medmnist, whose parameters have a ``path``)."""
@@ -96,33 +117,72 @@ def _with_data_path(cfg_text: str, data_path: str) -> str:
 
     import tomli_w
 
-    from ..data import DATASETS
-
     cfg = tomllib.loads(cfg_text)
     data = cfg.setdefault("data", {})
-    try:
-        has_path = "path" in DATASETS.get(str(data.get("name", "wdbc"))).params.model_fields
-    except KeyError:  # not registered here: the config itself says whether it reads a file
-        has_path = "path" in data
-    if not has_path:
+    if not _reads_file(data):
         return cfg_text  # the dataset reads no file (e.g. the embedded wdbc)
     data["path"] = data_path
     return tomli_w.dumps(cfg)
 
 
+def driven(cfg_text: str) -> bool:
+    """Is this message's config one whose Setup the simulation driver sent this process
+    (``preload_setup``: ``fedmedsec run`` on Ray, the driver's own machine)? Everything else,
+    a hospital's SuperNode above all, runs under the node policy."""
+    return setup_key(cfg_text) in _PRELOADED
+
+
+def node_config_text(cfg_text: str, context: Context, protocol: bool = False) -> str:
+    """The experiment config as this node may run it (``node_policy.restrict_config``): its
+    own ``data-path`` wins, a file dataset without one is refused, so is
+    ``data.server_test`` and a record name with a path in it. With ``protocol``
+    (hospital-local data, where ``data.server_test`` is the coordinator's own file, which no
+    node opens) that key is removed instead of refused. A config the simulation driver
+    preloaded (``driven``) is returned as it is."""
+    if driven(cfg_text):
+        return cfg_text
+    import tomllib
+
+    import tomli_w
+
+    cfg = tomllib.loads(cfg_text)
+    if protocol and isinstance(cfg.get("data"), dict):
+        cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "server_test"}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return tomli_w.dumps(restrict_config(cfg, context.node_config, _reads_file(data)))
+
+
+def _message_driven(msg: Message) -> bool:
+    try:
+        return driven(str(msg.content["config"]["fedmedsec-config"]))
+    except (KeyError, TypeError):
+        return False
+
+
+def node_guard(handler):
+    """``node_policy.guarded`` unless the message belongs to a driver-preloaded simulation
+    (``driven``): an exception is logged in full on the node and leaves it as
+    ``NodeError(safe_error(e))``, so Flower's error reply carries no file contents."""
+    safe = guarded(handler)
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        return (handler if _message_driven(msg) else safe)(msg, context)
+
+    return wrapper
+
+
 def _node(msg: Message, context: Context):
     cfg_text = str(msg.content["config"]["fedmedsec-config"])
     pid = int(context.node_config["partition-id"])
-    data_path = context.node_config.get("data-path")
     if "fedmedsec-data" in msg.content["config"]:
         # hospital-local data: this node's own file, encoded and preprocessed as agreed
         _protect_loggers()
-        setup = node_setup(_config(cfg_text), json.loads(str(msg.content["config"]["fedmedsec-data"])),
+        cfg = _config(node_config_text(cfg_text, context, protocol=True))
+        setup = node_setup(cfg, json.loads(str(msg.content["config"]["fedmedsec-data"])),
                            _own_file(context), pid)
         return setup, setup.data.hospitals[pid], pid
-    if data_path:
-        cfg_text = _with_data_path(cfg_text, str(data_path))
-    setup = _setup(cfg_text)
+    setup = _setup(node_config_text(cfg_text, context))
     return setup, setup.data.hospitals[pid], pid
 
 
@@ -197,6 +257,7 @@ def _evaluate_records(setup: Setup, pid: int, global_vec, server_round: int) -> 
 
 
 @app.train()
+@node_guard
 def train(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     server_round = int(msg.content["config"]["server-round"])
@@ -209,6 +270,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@node_guard
 def evaluate(msg: Message, context: Context) -> Message:
     setup, hospital, pid = _node(msg, context)
     model = setup.new_model()
@@ -224,7 +286,7 @@ def _batch(msg: Message, context: Context) -> tuple[Setup, list[int]]:
     """The Setup and the partition ids this message asks of this node; refuses ids the node
     does not serve, so each hospital's state stays on one node."""
     cfg = msg.content["config"]
-    setup = _setup(str(cfg["fedmedsec-config"]))
+    setup = _setup(node_config_text(str(cfg["fedmedsec-config"]), context))
     pids = [int(p) for p in cfg["partition-ids"]]
     k = int(context.node_config.get("partition-id", 0))
     n_nodes = int(context.node_config.get("num-partitions", 1))
@@ -249,11 +311,17 @@ def _node_record() -> MetricRecord:
     return MetricRecord({"max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def _error_record(e: Exception) -> ConfigRecord:
-    return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
+def _error_record(e: Exception, msg: Message) -> ConfigRecord:
+    """One hospital's failure on a batched node: the exception's text in a driver-preloaded
+    simulation, ``safe_error`` (logged in full here) anywhere else."""
+    if _message_driven(msg):
+        return ConfigRecord({"reason": f"{type(e).__name__}: {e}"[:500]})
+    log.error("a hospital's %s failed on this node", "batch", exc_info=e)
+    return ConfigRecord({"reason": safe_error(e)})
 
 
 @app.train(BATCH)
+@node_guard
 def train_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
     cfg = msg.content["config"]
@@ -270,12 +338,13 @@ def train_batch(msg: Message, context: Context) -> Message:
             for name, record in records.items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001 - one hospital's failure is its own reply
-            out[f"{pid}/error"] = _error_record(e)
+            out[f"{pid}/error"] = _error_record(e, msg)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
 
 @app.evaluate(BATCH)
+@node_guard
 def evaluate_batch(msg: Message, context: Context) -> Message:
     setup, pids = _batch(msg, context)
     server_round = int(msg.content["config"]["server-round"])
@@ -287,12 +356,13 @@ def evaluate_batch(msg: Message, context: Context) -> Message:
             for name, record in _evaluate_records(setup, pid, global_vec, server_round).items():
                 out[f"{pid}/{name}"] = record
         except Exception as e:  # noqa: BLE001
-            out[f"{pid}/error"] = _error_record(e)
+            out[f"{pid}/error"] = _error_record(e, msg)
     out["node"] = _node_record()
     return Message(content=out, reply_to=msg)
 
 
 @app.query()
+@node_guard
 def query(msg: Message, context: Context) -> Message:
     """Who are you (the partition id, so the server can key everything by it, and the
     federation size ``num-partitions`` where the node config has it), or one step
@@ -311,7 +381,7 @@ def query(msg: Message, context: Context) -> Message:
     from ..deployment import node_schema, node_statistics
 
     try:
-        cfg = _config(str(cfg_rec["fedmedsec-config"]))
+        cfg = _config(node_config_text(str(cfg_rec["fedmedsec-config"]), context, protocol=True))
         payload = json.loads(str(cfg_rec.get("payload", "{}")))
         if stage == "schema":
             result = node_schema(cfg, _own_file(context))
@@ -320,6 +390,8 @@ def query(msg: Message, context: Context) -> Message:
         else:
             raise DataError(f"unknown data-protocol stage {str(stage)[:40]!r}")
         reply = ConfigRecord({"result": json.dumps(result)})
-    except (DataError, ConfigError, PartitionError) as e:
-        reply = ConfigRecord({"error": str(e).splitlines()[0][:300]})
+    except (DataError, ConfigError, PartitionError, NodePolicyError, OSError) as e:
+        # the detail (a header line, a cell, a path) stays in this node's log
+        log.error("data protocol (%s) failed on this node", stage, exc_info=e)
+        reply = ConfigRecord({"error": safe_error(e)})
     return Message(content=RecordDict({"config": reply}), reply_to=msg)

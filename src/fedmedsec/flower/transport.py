@@ -12,6 +12,7 @@ now, picks up hospitals that (re)joined, and a sampled hospital that has not rep
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 
@@ -128,11 +129,15 @@ def parse_evaluate_content(pid: int, content, num_classes: int) -> ClientEval | 
     content, or one hospital's part of a batched reply)."""
     try:
         m = content["metrics"]
-        clean = ClassificationCounts.from_dict(dict(content["counts-clean"]))
-        trigger = (ClassificationCounts.from_dict(dict(content["counts-trigger"]))
-                   if "counts-trigger" in content else None)
-        if clean.num_classes != num_classes or (trigger is not None and trigger.num_classes != num_classes):
+        clean = _counts(dict(content["counts-clean"]), num_classes)
+        trigger = _counts(dict(content["counts-trigger"]), num_classes) if "counts-trigger" in content else None
+        if clean is None or ("counts-trigger" in content and trigger is None):
             return None
+        loss, accuracy, n_ex = float(m["loss"]), float(m["accuracy"]), m["num-examples"]
+        if isinstance(n_ex, float) and n_ex.is_integer():
+            n_ex = int(n_ex)
+        if not _plausible(loss, accuracy, n_ex, clean):
+            return None  # numbers no evaluation can have: no evaluation this round
         rows = None
         if "evasion" in content:
             rows = json.loads(str(content["evasion"]["rows"]))
@@ -143,10 +148,43 @@ def parse_evaluate_content(pid: int, content, num_classes: int) -> ClientEval | 
             audit = json.loads(str(content["mia"]["audit"]))
             if not isinstance(audit, dict):
                 audit = None
-        return ClientEval(pid, float(m["loss"]), float(m["accuracy"]), int(m["num-examples"]),
-                          counts=EvalCounts(clean, trigger, rows, audit))
+        return ClientEval(pid, loss, accuracy, n_ex, counts=EvalCounts(clean, trigger, rows, audit))
     except Exception:  # an error or malformed evaluation reply: no evaluation
         return None
+
+
+def _plausible(loss: float, accuracy: float, n_ex, clean: ClassificationCounts) -> bool:
+    """Do a reply's numbers agree with its own counts (as ``client.local_evaluate`` makes
+    them)? num-examples = the counts' total, accuracy = their trace / total (NaN for no
+    records), loss >= 0 (NaN only for no records or a diverged model's non-finite logits)."""
+    n = clean.count
+    if not isinstance(n_ex, int) or isinstance(n_ex, bool) or n_ex != n:
+        return False
+    if n == 0:
+        return math.isnan(accuracy)
+    if not math.isclose(accuracy, float(clean.confusion.trace()) / n, rel_tol=1e-9, abs_tol=1e-12):
+        return False
+    return loss >= 0 or (math.isnan(loss) and (clean.nonfinite > 0))
+
+
+def _counts(d: dict, num_classes: int) -> ClassificationCounts | None:
+    """A reply's counts record, or None unless it is of the federation's ``num_classes``
+    (checked before anything is allocated: a claimed class count sizes the histogram) with
+    integer, non-negative counts."""
+    c = d.get("num_classes")
+    if isinstance(c, float) and c.is_integer():
+        c = int(c)
+    if not isinstance(c, int) or isinstance(c, bool) or c != num_classes:
+        return None
+    for key in ("confusion", "hist_index", "hist_count"):
+        v = d.get(key)
+        if not isinstance(v, list) or len(v) > num_classes * num_classes * 4096 or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62 for x in v):
+            return None
+    counts = ClassificationCounts.from_dict(d)
+    if (counts.confusion < 0).any() or (counts.hist < 0).any():
+        return None
+    return counts
 
 
 def parse_train_reply(template: torch.nn.Module, pid: int, msg: Message) -> ClientReply:

@@ -28,6 +28,7 @@ ROUND_RENAME = {"dropped": "dropped_replies"}
 CLIENT_COLUMNS = [
     "round", "partition_id", "hospital", "malicious", "attacking", "reported_attacking", "status", "problem",
     "accepted", "weight", "update_norm", "num_examples", "train_loss", "local_accuracy", "epsilon",
+    "reported_epsilon",
 ]
 
 
