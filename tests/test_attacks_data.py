@@ -418,7 +418,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fedmedsec.attacks.data import neurotoxin_mask, project_update  # noqa: E402
-from fedmedsec.attacks.data.history import LAST_GLOBAL, PREV_GLOBAL, observe_global  # noqa: E402
+from fedmedsec.attacks.data.history import LAST_GLOBAL, PREV_GLOBAL  # noqa: E402
 from fedmedsec.training import TrainHooks, predict, state_vector, train_local  # noqa: E402
 
 

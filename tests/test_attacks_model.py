@@ -416,7 +416,6 @@ def test_agr_tailored_coordinate_rules_maximise_the_shift(rule_name, params):
 
 
 def test_agr_tailored_uses_the_deployed_rule_and_its_params():
-    h = honest_updates(12, 30, 1)
     ctx = AttackContext(modality="tabular", num_classes=2, input_shape=(5,), f=2, n_clients=15,
                         defense_rule="trimmed_mean", defense_params={"beta": 0.25})
     atk = make_attack("agr_tailored", {}, ctx)

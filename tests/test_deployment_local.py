@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_deployment import BIN, CHECK, KIT, Federation, _wait
 
 pytestmark = pytest.mark.deployment

@@ -617,7 +617,7 @@ def test_byzfl_krum_uses_one_more_neighbour_than_the_paper(byzfl):
     ByzFL's Krum(f) differs from it on some inputs (so the offset is the whole difference)."""
     aggs, _ = byzfl
     differs = 0
-    for s, X in random_inputs(range(40), n=9, d=3):
+    for _s, X in random_inputs(range(40), n=9, d=3):
         for f in (1, 2):
             ours = rule("krum")(X, AggregationContext(f=f)).aggregate
             assert torch.equal(aggs.Krum(f=f + 1)(X), ours)

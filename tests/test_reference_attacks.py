@@ -380,7 +380,7 @@ def test_agr_tailored_selecting_reference(rule, ref_sel, n_h, m, f, offset):
         xs = rows(h)
         mu, p = ref_mean(xs), ref_direction(xs, "std")
 
-        def sel(g):
+        def sel(g, mu=mu, p=p, xs=xs):
             mal = [a + g * b for a, b in zip(mu, p)]
             return ref_sel(xs + [mal] * m, f, n_h)
 

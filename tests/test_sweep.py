@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import tomllib
 import re
+import tomllib
 from pathlib import Path
 
 import pandas as pd

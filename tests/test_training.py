@@ -18,8 +18,15 @@ from torch import nn
 from fedmedsec.config import ConfigError, load_config
 from fedmedsec.models import MODELS, build_model
 from fedmedsec.training import (
-    Augment, TrainHooks, balanced_class_weights, lr_at, make_optimizer, predict, state_vector,
-    train_kwargs, train_local,
+    Augment,
+    TrainHooks,
+    balanced_class_weights,
+    lr_at,
+    make_optimizer,
+    predict,
+    state_vector,
+    train_kwargs,
+    train_local,
 )
 
 
@@ -282,8 +289,9 @@ def test_class_weights_option_uses_the_local_labels():
 def _fit_medmnist(tmp_path, model: dict, train: dict) -> tuple[float, set[int]]:
     """Centralized, 4 rounds of 5 epochs on a 3-class MedMNIST-format file (tests/fixtures.py,
     16x16); returns (test accuracy, the set of predicted classes)."""
-    from fedmedsec.data.pipeline import build_federated_data
     from fixtures import make_medmnist_npz
+
+    from fedmedsec.data.pipeline import build_federated_data
 
     path = make_medmnist_npz(tmp_path / "m.npz", n=(90, 15, 60), size=16, num_classes=3, seed=1)
     cfg = load_config(raw={

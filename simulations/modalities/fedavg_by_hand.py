@@ -30,7 +30,13 @@ from fedmedsec.config import Config, load_config
 from fedmedsec.data.pipeline import FederatedData, build_federated_data
 from fedmedsec.models import build_model
 from fedmedsec.training import (
-    evaluate, load_state_vector, predict, set_torch_threads, state_vector, train_kwargs, train_local,
+    evaluate,
+    load_state_vector,
+    predict,
+    set_torch_threads,
+    state_vector,
+    train_kwargs,
+    train_local,
 )
 
 

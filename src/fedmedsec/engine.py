@@ -18,8 +18,8 @@ from .attacks import Attack
 from .config import Config, ConfigError
 from .experiment import Setup, build_setup
 from .results.run_dir import RunDir
-from .results.tracking import start_run
 from .results.summary import build_summary
+from .results.tracking import start_run
 from .rounds import RunFailed, Transport, run_rounds
 from .server import Coordinator
 from .training import set_torch_threads

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class TrainHooks:
     after_step: Callable[[nn.Module], None] | None = None
 
 
-def chain_hooks(*hooks: "TrainHooks | None") -> "TrainHooks | None":
+def chain_hooks(*hooks: TrainHooks | None) -> TrainHooks | None:
     """One TrainHooks running each given hook in order (None entries skipped)."""
     hs = [h for h in hooks if h is not None]
     if not hs:

@@ -49,7 +49,7 @@ def weiszfeld_coefficients(
     a = alpha.clone()
     dist = dists(a)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is read after the loop
         beta = alpha / dist.clamp(min=nu)
         new = beta / beta.sum()
         step = new - a

@@ -4,6 +4,7 @@ Importing this package registers every attack in ``ATTACKS`` ("none" included). 
 with ``make_attack(name, params, ctx)``; pick the attackers with ``choose_attackers``.
 """
 
+from ..registry import NoParams
 from .base import (
     ATTACKS,
     NO_THREAT,
@@ -13,7 +14,6 @@ from .base import (
     format_validation_error,
     make_attack,
 )
-from ..registry import NoParams
 
 
 @ATTACKS.register("none", NoParams, kind="none")
@@ -25,7 +25,11 @@ def make_none(params: NoParams, ctx: AttackContext) -> Attack:
 from . import data, model  # noqa: E402,F401  (registration)
 from .data import TRIGGERS  # noqa: E402
 from .selection import (  # noqa: E402
-    SCHEDULES, active_rounds, check_schedule, choose_attackers, is_active,
+    SCHEDULES,
+    active_rounds,
+    check_schedule,
+    choose_attackers,
+    is_active,
 )
 
 __all__ = [

@@ -21,8 +21,9 @@ AI, arXiv 2409.07415): goal, adversary and knowledge; it goes into the results.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pydantic
@@ -143,7 +144,7 @@ class Attack:
 
     def train_hooks(
         self, global_vec: torch.Tensor, state: dict[str, Any], ctx: AttackContext
-    ) -> "TrainHooks | None":
+    ) -> TrainHooks | None:
         """Hooks into the attacker's own local training (``training.TrainHooks``): e.g.
         Neurotoxin's gradient mask or a defense-aware projection onto the norm ball.
         global_vec: Tensor[d] the round's global model (``training.state_vector`` layout);

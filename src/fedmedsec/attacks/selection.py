@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-import numpy as np
-
 from ..streams import Stream
 from ..streams import rng as stream_rng
 from .base import share_count

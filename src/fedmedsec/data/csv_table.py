@@ -18,7 +18,6 @@ from pydantic import Field
 from ..registry import Params
 from .base import DATASETS, DataError, RawData
 
-
 #: more classes than a clinical table's label by far (a class index beyond is a typo)
 MAX_CLASSES = 1000
 

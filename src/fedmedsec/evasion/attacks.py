@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

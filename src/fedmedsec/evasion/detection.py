@@ -26,8 +26,8 @@ The detector is not differentiable and assumes a non-adaptive attacker, as in th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

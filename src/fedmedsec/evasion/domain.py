@@ -26,8 +26,8 @@ clipping a point of the eps ball to the box keeps it in the ball for every p-nor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

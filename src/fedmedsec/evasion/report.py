@@ -23,7 +23,7 @@ the detector's counts), so federated evaluation sums the hospitals' counts per
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

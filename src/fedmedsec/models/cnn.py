@@ -23,7 +23,7 @@ class CNNParams(Params):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _groups_divide(self) -> "CNNParams":
+    def _groups_divide(self) -> CNNParams:
         check_groups(self.channels, self.groups)
         return self
 

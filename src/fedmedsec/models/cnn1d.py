@@ -23,7 +23,7 @@ class CNN1DParams(Params):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _groups_divide(self) -> "CNN1DParams":
+    def _groups_divide(self) -> CNN1DParams:
         check_groups(self.channels, self.groups)
         return self
 

@@ -30,7 +30,7 @@ class ResNetParams(Params):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="before the classifier")
 
     @model_validator(mode="after")
-    def _groups_divide(self) -> "ResNetParams":
+    def _groups_divide(self) -> ResNetParams:
         check_groups(self.channels, self.groups)
         return self
 

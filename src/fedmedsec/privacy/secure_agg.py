@@ -226,7 +226,7 @@ def unmask_sum(
     if recovering and (round_id is None or not isinstance(masked, Mapping)):
         raise ValueError("secure aggregation: recovery needs masked as {client id: vector} and round_id")
     survivors = [u for u, _ in items]
-    for u, seed in (self_seeds or {}).items():
+    for seed in (self_seeds or {}).values():
         total = total - self_mask(seed, round_id, d)
     for v, priv in (dropped_private or {}).items():
         if v in dict(items):

@@ -29,7 +29,6 @@ from pydantic import Field
 from ..base import ATTACKS, Attack, AttackContext, ThreatModel, check_class, share_count
 from .triggers import Trigger, TriggerParams, make_trigger
 
-
 #: Class names that mean "benign / normal / no disease" (lower case, matched as substrings;
 #: "abnormal" excluded) or, exactly, a normal code (MIT-BIH AAMI "N", PTB-XL "NORM").
 NORMAL_WORDS = ("benign", "normal", "healthy", "negative", "no disease", "no_disease", "control")

@@ -40,8 +40,9 @@ largest value that satisfies it; if none does, mu is sent. Pre-aggregation steps
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, ValidationError

@@ -12,7 +12,12 @@ from scipy.stats import norm
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
 from ._common import (
-    COLLUDING, check_reference, reference_std, round_size, send_same, with_knowledge,
+    COLLUDING,
+    check_reference,
+    reference_std,
+    round_size,
+    send_same,
+    with_knowledge,
 )
 
 

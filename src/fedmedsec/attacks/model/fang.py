@@ -41,7 +41,12 @@ from pydantic import Field
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
 from ._common import (
-    COLLUDING, check_reference, pairwise_sq_dists, reference_std, round_size, send_same,
+    COLLUDING,
+    check_reference,
+    pairwise_sq_dists,
+    reference_std,
+    round_size,
+    send_same,
     with_knowledge,
 )
 

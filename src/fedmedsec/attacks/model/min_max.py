@@ -25,8 +25,9 @@ sqrt(2) ||sigma|| and 2 ||sigma||^2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -34,7 +35,12 @@ from pydantic import Field
 from ...registry import Params
 from ..base import ATTACKS, Attack, AttackContext
 from ._common import (
-    COLLUDING, check_reference, max_pairwise_dist, max_sum_sq_dist, reference_std, send_same,
+    COLLUDING,
+    check_reference,
+    max_pairwise_dist,
+    max_sum_sq_dist,
+    reference_std,
+    send_same,
     with_knowledge,
 )
 

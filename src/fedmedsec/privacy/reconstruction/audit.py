@@ -33,7 +33,6 @@ from ..pruning import prune_update
 from .invert import reconstruct
 from .metrics import score_reconstruction
 
-
 #: the ``[reconstruction]`` config section (``config.ReconstructionConfig``, mounted as
 #: ``Config.reconstruction``; defined there so that validating a config imports no torch)
 ReconstructionParams = ReconstructionConfig
