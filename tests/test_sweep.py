@@ -74,6 +74,22 @@ base = "{QUICKSTART}"
     assert {p.name for p in pts[1:]} == {f"attack=sign_flip__attack.fraction={f}" for f in (0.1, 0.2, 0.3)}
 
 
+def test_privacy_keys_of_every_mode_are_kept_when_dp_is_off(tmp_path):
+    # secure aggregation and pruning apply with privacy.mode = "none" too; the noise keys do not
+    g = write_grid(tmp_path, text=f"""
+base = "{QUICKSTART}"
+[grid]
+"privacy.mode" = ["none", "central"]
+"privacy.prune_ratio" = [0.0, 0.5]
+"privacy.noise_multiplier" = [0.5, 1.0]
+""")
+    pts = expand(load_grid(g))
+    off = [p for p in pts if p.cfg.privacy.mode == "none"]
+    assert sorted(p.cfg.privacy.prune_ratio for p in off) == [0.0, 0.5]
+    assert all(p.dropped == ["privacy.noise_multiplier"] for p in off)
+    assert len(pts) == 2 + 4
+
+
 def test_component_keys_are_dropped_where_the_component_does_not_take_them(tmp_path):
     g = write_grid(tmp_path, text=f"""
 base = "{QUICKSTART}"

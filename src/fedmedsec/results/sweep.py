@@ -13,7 +13,8 @@ Grid file::
     "attack.fraction" = 0.3
 
 Impossible points are normalised, not errors: keys of a section that is switched off
-(``attack.*`` with ``attack.name = "none"``, ``privacy.*`` with ``privacy.mode = "none"``) and
+(``attack.*`` with ``attack.name = "none"``, ``privacy.*`` with ``privacy.mode = "none"``, except ``privacy.secure_aggregation`` and
+``privacy.prune_ratio``, which every mode reads) and
 component keys the chosen component does not take (``attack.z`` for ``label_flip``) are
 dropped for that point; points that then resolve to the same configuration are run once.
 A point whose configuration is still invalid is recorded as failed with its one-line error.
@@ -48,6 +49,16 @@ from .tidy import flatten_summary  # noqa: F401 - re-exported
 GRID_KEYS = {"base", "grid", "fixed"}
 #: sections switched off by one of their keys; their other keys are dropped for that point
 OFF_SWITCHES = {"attack": ("name", "none"), "privacy": ("mode", "none")}
+
+
+def _keys_when_off(section: str) -> set[str]:
+    """Keys a switched-off section still reads (``privacy.secure_aggregation`` and
+    ``privacy.prune_ratio`` apply with ``privacy.mode = "none"`` too)."""
+    if section != "privacy":
+        return set()
+    from ..config import PrivacyNone
+
+    return {f"privacy.{k}" for k in PrivacyNone.model_fields if k != "mode"}
 _UNKNOWN_KEY = re.compile(r"^unknown key '((?:attack|defense|data|model)\.[A-Za-z0-9_]+)' for ")
 
 
@@ -226,7 +237,7 @@ def expand(grid: Grid) -> list[Point]:
         for sec, (switch, off) in OFF_SWITCHES.items():
             if _get(raw, f"{sec}.{switch}", off) == off:
                 for k in varied:
-                    if k.startswith(sec + ".") and k != f"{sec}.{switch}":
+                    if k.startswith(sec + ".") and k != f"{sec}.{switch}" and k not in _keys_when_off(sec):
                         _del(raw, k)
                         dropped.append(k)
         pt = Point(values=values, dropped=dropped)
