@@ -93,7 +93,10 @@ def test_backdoor_lifespan_after_the_attack_window(tmp_path):
     assert life["last_attack_round"] == 3 and life["rounds_after"] == 5 and life["measure"] == "attack_success_lift"
     assert life["censored"] == (life["rounds_to_fade"] is None)
     with open(tmp_path / "rounds.csv", newline="") as fh:
-        lifts = [float(r["attack_success_lift"]) for r in csv.DictReader(fh)][3:]
+        all_lifts = [float(r["attack_success_lift"]) for r in csv.DictReader(fh)]
+    lifts = all_lifts[3:]
+    assert life["at_last_attack"] == pytest.approx(all_lifts[2], abs=1e-5)
+    assert life["planted"] == (all_lifts[2] >= 0.1)
     assert life["curve"] == pytest.approx(lifts, abs=1e-5) and life["mean_after"] == pytest.approx(sum(lifts) / 5, abs=1e-5)
     if life["rounds_to_fade"] is not None:
         k = life["rounds_to_fade"]

@@ -189,7 +189,9 @@ def backdoor_lifespan(co, attack_rounds: list[int]) -> dict[str, Any] | None:
     over the clean twin (its success itself without a twin) first falls below
     ``experiment.lifespan_threshold``, and the mean lift over those rounds (the area under
     the curve per round). ``rounds_to_fade`` is None (``censored``) when it never fell
-    below within the run. None without a targeted attack or rounds after the window."""
+    below within the run; ``planted`` says whether the measure reached the threshold in the
+    last attack round (``at_last_attack``): a backdoor never planted also "fades" after one
+    round. None without a targeted attack or rounds after the window."""
     if co.setup.attack is None or co.setup.attack.target_label is None or not attack_rounds:
         return None
     last = max(attack_rounds)
@@ -200,6 +202,8 @@ def backdoor_lifespan(co, attack_rounds: list[int]) -> dict[str, Any] | None:
         return None
     th = co.cfg.experiment.lifespan_threshold
     fade = next((i + 1 for i, v in enumerate(curve) if v < th), None)
+    at_last = next((r[key] for r in co.rounds if r["round"] == last and r[key] == r[key]), None)
     return {"measure": key, "threshold": th, "last_attack_round": last, "rounds_after": len(curve),
+            "at_last_attack": at_last, "planted": at_last is not None and at_last >= th,
             "rounds_to_fade": fade, "censored": fade is None, "mean_after": float(np.mean(curve)),
             "area_after": float(np.sum(curve)), "curve": curve}
