@@ -214,11 +214,18 @@ def _stored(old: dict) -> dict:
     """A stored config.toml as the current code resolves it: keys added since the run was
     made (new sections, new options) take their defaults, so a finished run stays finished
     after an upgrade that adds an option it did not use; a stored config the current code
-    refuses is compared as written."""
-    try:
-        return _comparable(config_from_dict(copy.deepcopy(old)))
-    except (ConfigError, ValueError, TypeError):
-        return _strip(old)
+    refuses is compared as written; keys it calls inapplicable are left out."""
+    raw = copy.deepcopy(old)
+    for _ in range(8):  # older versions wrote keys now called inapplicable (Ray keys in-process)
+        try:
+            return _comparable(config_from_dict(raw))
+        except ConfigError as e:
+            if not (e.inapplicable and e.key) or _get(raw, e.key) is None:
+                break
+            _del(raw, e.key)
+        except (ValueError, TypeError):
+            break
+    return _strip(old)
 
 
 def expand(grid: Grid) -> list[Point]:
