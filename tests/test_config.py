@@ -155,3 +155,11 @@ def test_resolved_config_lists_every_component_key():
     d = load_config(raw={}, overrides=["attack.name=backdoor", "attack.fraction=0.2"]).to_dict()
     assert {"poison_fraction", "trigger_size", "boost"} <= set(d["attack"])
     assert "hidden" in d["model"]
+
+
+@pytest.mark.parametrize("mode", ["central", "dp_sgd"])
+def test_a_denormal_noise_multiplier_is_refused_in_one_line(mode):
+    # found by the config fuzz: 5e-324 passed ge=0 and divided by zero in the accountant
+    with pytest.raises(ConfigError, match="privacy.noise_multiplier = 5e-324"):
+        load_config(raw={}, overrides=[f"privacy.mode={mode}", "privacy.noise_multiplier=5e-324"])
+    assert load_config(raw={}, overrides=[f"privacy.mode={mode}", "privacy.noise_multiplier=0"])

@@ -235,6 +235,16 @@ class PrivacyNone(_PrivacyBase):
     mode: Literal["none"] = "none"
 
 
+#: the smallest positive noise multiplier the RDP accountants evaluate without overflow
+MIN_SIGMA = 1e-4
+
+
+def _check_sigma(sigma: float | None) -> None:
+    if sigma is not None and 0 < sigma < MIN_SIGMA:
+        raise ValueError(f"privacy.noise_multiplier = {sigma!r}: use 0 (no noise, no guarantee) or at "
+                         f"least {MIN_SIGMA} (smaller noise has no finite epsilon to report)")
+
+
 class PrivacyDPSGD(_PrivacyBase):
     """Record-level DP-SGD in every hospital (Opacus). Give ``noise_multiplier`` or
     ``target_epsilon`` (sigma solved per hospital), not both; neither means sigma = 1."""
@@ -251,6 +261,7 @@ class PrivacyDPSGD(_PrivacyBase):
             raise ValueError("give privacy.noise_multiplier or privacy.target_epsilon, not both")
         if self.noise_multiplier is None and self.target_epsilon is None:
             self.noise_multiplier = 1.0
+        _check_sigma(self.noise_multiplier)
         return self
 
 
@@ -261,6 +272,11 @@ class PrivacyCentral(_PrivacyBase):
     noise_multiplier: float = Field(1.0, ge=0, le=1000)
     clip_norm: float = Field(1.0, gt=0, le=1e6, description="central DP: per-update clip S")
     target_delta: float = Field(1e-5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sigma(self) -> PrivacyCentral:
+        _check_sigma(self.noise_multiplier)
+        return self
 
 
 PrivacyConfig = Annotated[PrivacyNone | PrivacyDPSGD | PrivacyCentral, Field(discriminator="mode")]
