@@ -107,7 +107,8 @@ def t_interval(values) -> tuple[int, float, float, float]:
 def summarise(df: pd.DataFrame, by: list[str], value: str, clip: tuple[float, float] | None = (0.0, 1.0)) -> pd.DataFrame:
     """One row per ``by`` group: n, mean, lo, hi (95% t-interval over its rows, clipped to
     ``clip``: rates and AUCs live in [0, 1]), runs."""
-    d = df.assign(_v=_finite(df[value])).dropna(subset=["_v"])
+    d = df[list(dict.fromkeys([*by, "run"]))].assign(  # a compact copy: no fragmented-frame warning
+        _v=_finite(df[value])).dropna(subset=["_v"])
     rows = []
     for key, g in d.groupby(by, sort=False, dropna=False) if by else [((), d)]:
         key = key if isinstance(key, tuple) else (key,)

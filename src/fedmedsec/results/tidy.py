@@ -203,10 +203,8 @@ def _as(series: pd.Series, kind: str) -> pd.Series:
 def typed(df: pd.DataFrame, kinds: dict[str, str] | None = None) -> pd.DataFrame:
     """``df`` with one fixed type per column (``COLUMN_KINDS``, then ``kinds``, then the values)."""
     known = {**COLUMN_KINDS, **(kinds or {})}
-    out = df.copy()
-    for c in out.columns:
-        out[c] = _as(out[c].astype(object), known.get(c) or _kind_of(out[c].astype(object)))
-    return out
+    cols = {c: _as(df[c].astype(object), known.get(c) or _kind_of(df[c].astype(object))) for c in df.columns}
+    return pd.DataFrame(cols, index=df.index)  # built at once: no fragmented frame
 
 
 def results_frame(rows: list[dict[str, Any]], config_keys: list[str] | None = None) -> pd.DataFrame:
