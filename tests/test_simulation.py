@@ -358,8 +358,11 @@ def test_quickstart_runs_on_ray_and_is_reproducible(tmp_path):
     # round_seconds is the whole round: consecutive elapsed_seconds differ by it
     with open(runs[0] / "rounds.csv", newline="") as fh:
         timing = [(float(r["round_seconds"]), float(r["elapsed_seconds"])) for r in csv.DictReader(fh)]
+    # (within 10%, or 50 ms: between two rounds the loop writes the checkpoint and prints the
+    # round, a few ms that exceed 10% of the quickstart's 0.1 s rounds on a loaded machine; the
+    # bug this guards against measured the evaluation phase only, 3.1 s of 21.5 s)
     for (_, before), (secs, after) in zip(timing, timing[1:]):
-        assert secs == pytest.approx(after - before, rel=0.1)
+        assert secs == pytest.approx(after - before, rel=0.1, abs=0.05)
 
 
 def _both_backends(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
