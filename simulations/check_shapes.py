@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tomllib
 from pathlib import Path
@@ -127,6 +128,41 @@ def check_claim(claim: dict, runs: list[tuple[dict, dict, dict]]) -> dict:
         passed = m >= -res["margin"]
         why = f"mean effect {m:.3f} is worse than -{res['margin']}"
     return {**res, "passed": passed, "why": "" if passed else why}
+
+
+def mean_sd(values) -> str:
+    """mean +- sd over seeds (n); with n = 2 a 95% t-interval (t = 12.7) says nothing."""
+    v = [float(x) for x in values if x is not None and x == x]
+    if not v:
+        return "-"
+    sd = f" +- {statistics.stdev(v):.3f}" if len(v) > 1 else ""
+    return f"{statistics.fmean(v):.3f}{sd} (n={len(v)})"
+
+
+def folder_claims(folder: Path, sweep: Path) -> list[dict]:
+    """Every claim of the ``*.toml`` files in ``folder`` whose ``grid`` is the sweep's grid
+    file, checked on the sweep's runs (read once)."""
+    grid = Path(json.loads((sweep / "sweep.json").read_text()).get("grid_file", "")).name
+    runs = _runs(sweep)
+    out = []
+    for f in sorted(folder.glob("*.toml")):
+        spec = tomllib.loads(f.read_text())
+        if spec.get("grid") == grid and "claim" in spec:
+            out += [{"file": f.name, **check_claim(c, runs)} for c in spec["claim"]]
+    return out
+
+
+def claims_table(results: list[dict]) -> str:
+    """A markdown table of checked claims (``check_claim`` results)."""
+    lines = ["| claim | n | baseline | treatment | effect (95% CI) | result |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if "effect" in r:
+            lines.append(f"| {r['name']} | {r['n']} | {r['baseline']:.3f} | {r['treatment']:.3f} | "
+                         f"{r['effect']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
+                         f"{'PASS' if r['passed'] else 'FAIL ' + r['why']} |")
+        else:
+            lines.append(f"| {r['name']} | {r['n']} | | | | FAIL {r['why']} |")
+    return "\n".join(lines)
 
 
 def run_folder(folder: Path, out: Path, quick: bool) -> list[dict]:

@@ -17,24 +17,15 @@ Then the claims of every claims file of this folder whose grid is the sweep's, a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE.parent))
+from check_shapes import claims_table, folder_claims, mean_sd  # noqa: E402
 
-
-def _ci(values) -> str:
-    """mean +- sd over seeds (n); with n = 2 a 95% t-interval (t = 12.7) says nothing."""
-    import numpy as np
-
-    v = [float(x) for x in values if x is not None and x == x]
-    if not v:
-        return "-"
-    return f"{np.mean(v):.3f}" + (f" +- {np.std(v, ddof=1):.3f}" if len(v) > 1 else "") + f" (n={len(v)})"
+_ci = mean_sd
 
 
 def lifespan_rows(runs) -> list[dict]:
@@ -80,28 +71,7 @@ def lifespan_table(rows: list[dict]) -> str:
 
 
 def claims(sweep: Path) -> list[dict]:
-    from check_shapes import _runs, check_claim
-
-    grid = Path(json.loads((sweep / "sweep.json").read_text()).get("grid_file", "")).name
-    out = []
-    for f in sorted(HERE.glob("*.toml")):
-        spec = tomllib.loads(f.read_text())
-        if spec.get("grid") != grid or "claim" not in spec:
-            continue
-        out += [{"file": f.name, **check_claim(c, _runs(sweep))} for c in spec["claim"]]
-    return out
-
-
-def claims_table(results: list[dict]) -> str:
-    lines = ["| claim | n | baseline | treatment | effect (95% CI) | result |", "|---|---|---|---|---|---|"]
-    for r in results:
-        if "effect" in r:
-            lines.append(f"| {r['name']} | {r['n']} | {r['baseline']:.3f} | {r['treatment']:.3f} | "
-                         f"{r['effect']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
-                         f"{'PASS' if r['passed'] else 'FAIL ' + r['why']} |")
-        else:
-            lines.append(f"| {r['name']} | {r['n']} | | | | FAIL {r['why']} |")
-    return "\n".join(lines)
+    return folder_claims(HERE, sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

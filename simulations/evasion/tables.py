@@ -16,29 +16,20 @@ every claims file of this folder whose grid is the sweep's (``shape.toml``: ECG;
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE.parent))
+from check_shapes import claims_table, folder_claims, mean_sd  # noqa: E402
+
+_ci = mean_sd
 
 #: the README's default budget per dataset (data.name): PGD there cuts accuracy by >= 0.2
 DEFAULT_EPS = {"ecg_synthetic": 0.3, "medmnist": 4 / 255}
 #: always answering the majority class (the chance line of the figures)
 MAJORITY = {"ecg_synthetic": 0.25, "medmnist": 0.731}
-
-
-def _ci(values) -> str:
-    """mean +- sd over seeds (n); with n = 2 a 95% t-interval (t = 12.7) says nothing."""
-    import numpy as np
-
-    v = [float(x) for x in values if x is not None and x == x]
-    if not v:
-        return "-"
-    return f"{np.mean(v):.3f}" + (f" +- {np.std(v, ddof=1):.3f}" if len(v) > 1 else "") + f" (n={len(v)})"
 
 
 def _eps_name(e: float, image: bool) -> str:
@@ -84,29 +75,7 @@ def at_effect_table(ev, dataset: str) -> str:
 
 
 def claims(sweep: Path) -> list[dict]:
-    from check_shapes import _runs, check_claim
-
-    grid = Path(json.loads((sweep / "sweep.json").read_text()).get("grid_file", "")).name
-    out = []
-    for f in sorted(HERE.glob("*.toml")):
-        spec = tomllib.loads(f.read_text())
-        if spec.get("grid") != grid or "claim" not in spec:
-            continue
-        runs = _runs(sweep)
-        out += [{"file": f.name, **check_claim(c, runs)} for c in spec["claim"]]
-    return out
-
-
-def claims_table(results: list[dict]) -> str:
-    lines = ["| claim | n | baseline | treatment | effect (95% CI) | result |", "|---|---|---|---|---|---|"]
-    for r in results:
-        if "effect" in r:
-            lines.append(f"| {r['name']} | {r['n']} | {r['baseline']:.3f} | {r['treatment']:.3f} | "
-                         f"{r['effect']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
-                         f"{'PASS' if r['passed'] else 'FAIL ' + r['why']} |")
-        else:
-            lines.append(f"| {r['name']} | {r['n']} | | | | FAIL {r['why']} |")
-    return "\n".join(lines)
+    return folder_claims(HERE, sweep)
 
 
 def targeted_table(sweep: Path, dataset: str) -> str | None:
