@@ -421,7 +421,7 @@ def test_a_sweep_runs_every_point_on_one_simulation_with_the_numbers_of_separate
 @pytest.mark.slow
 def test_flwr_run_uses_the_same_apps(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FEDMEDSEC_OUT_ROOT=str(tmp_path))  # the coordinator allows absolute out under it
+               FEDMEDSEC_OUT_ROOT=str(tmp_path.parent))  # shared by the tests: a local SuperLink may outlive one
     out = tmp_path / "run"
     output = _flwr_run(env, 10, f'config="configs/quickstart.toml" num-server-rounds=2 out="{out}"')
     assert (out / "summary.json").is_file(), output[-3000:]
@@ -439,7 +439,7 @@ def test_flwr_run_uses_the_same_apps(tmp_path):
 @pytest.mark.slow
 def test_flwr_run_with_too_few_supernodes_fails_fast(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FEDMEDSEC_OUT_ROOT=str(tmp_path))  # the coordinator allows absolute out under it
+               FEDMEDSEC_OUT_ROOT=str(tmp_path.parent))  # shared by the tests: a local SuperLink may outlive one
     t0 = time.monotonic()
     output = _flwr_run(env, 4, f'num-server-rounds=2 out="{tmp_path / "run"}"')
     assert "the federation has 4 SuperNodes (num-partitions) but data.num_hospitals = 10" in output, output[-3000:]
