@@ -462,8 +462,10 @@ def _flwr_run(env: dict, supernodes: int, run_config: str) -> str:
     return output
 
 
-def _stop_local_superlink(flwr_home: str) -> None:
-    """`flwr run` starts a local SuperLink that outlives it; stop the ones using our home."""
+def _stop_local_superlink(flwr_home: str, wait: float = 30.0) -> None:
+    """`flwr run` starts a local SuperLink that outlives it: stop the ones using our home and wait
+    until they have exited (a next `flwr run` would otherwise find it still on its port and reuse it)."""
+    pids = []
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
@@ -473,7 +475,24 @@ def _stop_local_superlink(flwr_home: str) -> None:
             except OSError:
                 continue
             if f"FLWR_HOME={flwr_home}".encode() in env:
-                try:
-                    os.kill(int(pid), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
+                pids.append(int(pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+        if not any(_alive(pid) for pid in pids):
+            return
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie of ours counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
