@@ -45,6 +45,14 @@ def _nested(path: str, value: float) -> dict:
     return out
 
 
+def _merge(into: dict, other: dict) -> None:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
 def _expanded(folder: Path):
     from fedmedsec.results.sweep import expand, load_grid
 
@@ -64,7 +72,10 @@ def test_claims_are_well_formed_and_pair_up(folder):
     for c in spec["claim"]:
         assert {"name", "metric", "baseline", "treatment"} <= set(c), c.get("name")
         assert c.get("expect", "lower") in ("lower", "higher", "not_lower", "not_higher"), c["name"]
-        fake = [(cfg, v, _nested(c["metric"], 0.0)) for cfg, v, _ in runs]
+        summary = _nested(c["metric"], 0.0)
+        if "baseline_metric" in c:  # a within-run contrast reads a second key
+            _merge(summary, _nested(c["baseline_metric"], 0.0))
+        fake = [(cfg, v, summary) for cfg, v, _ in runs]
         r = shapes.check_claim(c, fake)
         assert r["n"] >= 3, f"{c['name']!r}: {r['n']} seed pairs"
         assert r["n"] == len(seeds), f"{c['name']!r}: pairs {r['n']} != seeds {len(seeds)}"
