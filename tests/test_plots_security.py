@@ -260,3 +260,19 @@ def test_loaders_read_a_real_run_and_examples_from_run(tmp_path):
                                             tmp_path / "wdbc_examples", eps=0.25)
     assert (ex.pred_clean == ex.y).all()  # records the model gets right
     _check_files_and_labels(info)
+
+
+def test_flips_first_shows_the_records_the_attack_flipped_one_per_class_first():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    pred = y.copy()
+    adv = np.array([0, 1, 1, 0, 1, 1])  # records 1, 3, 4 flipped (classes 0, 1, 0)
+    ex = ps.AdversarialExamples(x=np.arange(6.0)[:, None], x_adv=np.arange(6.0)[:, None] + 0.5, y=y,
+                                pred_clean=pred, pred_adv=adv, prob_clean=np.full(6, 0.9),
+                                prob_adv=np.linspace(0.5, 0.6, 6), attack="pgd", eps=0.1, norm="linf",
+                                modality="tabular")
+    two = ps.flips_first(ex, 2)
+    assert two.x[:, 0].tolist() == [1.0, 3.0]  # one flipped record of each class, in test order
+    assert (two.pred_adv != two.pred_clean).all() and two.x_adv[:, 0].tolist() == [1.5, 3.5]
+    four = ps.flips_first(ex, 4)
+    assert four.x[:, 0].tolist() == [0.0, 1.0, 3.0, 4.0]  # every flip, then the first unflipped
+    assert ps.flips_first(ex, 10).y.tolist() == y.tolist()

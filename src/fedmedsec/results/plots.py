@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ class Plotted:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _tight(fig) -> None:
+    """``fig.tight_layout()`` without its warning when long labels cannot fit: the figure is
+    saved with ``bbox_inches="tight"``, which keeps every decoration in the file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
 
 
 def short(key: str) -> str:
@@ -288,7 +297,7 @@ def by_round(rounds: pd.DataFrame, keys: list[str], path: Path, metric: str = "c
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = (f"{label.capitalize()} by round, one line per configuration (mean over its runs; band: "
                        f"{_n_note(ns)})" + ("; dashed: the clean twin, the same run without the attack" if twin else "")
                        + (f"; dotted: {', '.join(refs)}" if refs else "") + ".")
@@ -348,7 +357,7 @@ def heatmap(runs: pd.DataFrame, keys: list[str], path: Path, value: str, title: 
             ax.set_title(p)
         fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label=colorbar or title)
     fig.suptitle(title)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = (f"{title}: {' / '.join(short(k) for k in a_keys) or 'attack'} (rows) × defense (columns)"
                        + (f", one panel per {', '.join(short(k) for k in rest)}" if rest else "")
                        + f"; each cell: mean ± 95% t-interval half-width over seeds, n runs ({_n_note(ns)}).")
@@ -401,7 +410,7 @@ def asr_by_defense(runs: pd.DataFrame, keys: list[str], path: Path) -> Plotted:
         ax.set_ylabel("attack success rate")
         ax.set_title(p)
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Attack success rate (targeted attacks) per defense" + (
         "; grey hatched: the trigger's success on the clean twin (the same federation trained without the attack), "
         "the rate the trigger reaches on its own" if has_twin else "; no clean twin was recorded for these runs")
@@ -504,7 +513,7 @@ def privacy_utility(runs: pd.DataFrame, keys: list[str], path: Path, refs: dict[
                 handles[lab] = h
                 labels.append(lab)
     fig.legend([handles[lab] for lab in labels], labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Privacy-utility: ε on a log scale with a tick at each value run; one line per "
                        + (", ".join(short(k) for k in line_keys) or "configuration")
                        + "; dashed: the runs without DP of the same configuration (band: their interval); "
@@ -552,7 +561,7 @@ def hospital_distribution(hosp: pd.DataFrame, keys: list[str], path: Path, refs:
         ax.set_ylabel("honest hospital accuracy\n(own test split)")
     if refs:
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Accuracy of each honest hospital on its own test split (the cost to honest hospitals): one "
                        "box per configuration over all its runs' hospitals; each dot is one hospital in one run.")
     return save(fig, path, plotted)
@@ -591,7 +600,7 @@ def detection_rates(runs: pd.DataFrame, keys: list[str], path: Path) -> Plotted:
         ax.set_xlabel(" / ".join(short(k) for k in bar_keys) or "configuration")
         ax.set_ylabel("share of decisions")
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Detection: share of (client, round) decisions the defense excluded, attackers (TPR) and "
                        f"honest hospitals (FPR); whiskers: {_n_note(ns)}.")
     return save(fig, path, plotted)
@@ -630,7 +639,7 @@ def seed_spread(groups: pd.DataFrame, path: Path, refs: dict[str, float] | None 
     plotted = Plotted("")
     for _, row in g.iterrows():
         plotted.add("", row["label"], row["label"], row["runs"])
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = (f"{label.capitalize()} per configuration: mean and 95% t-interval over seeds; "
                        "open markers: fewer than 3 seeds.")
     return save(fig, path, plotted)
@@ -667,7 +676,7 @@ def threat_matrix(impact: pd.DataFrame, kinds: pd.DataFrame, path: Path) -> Plot
     ax.set_ylabel("threat (attack)")
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label="impact (0 = none, 1 = total)")
     ax.set_title("Risk matrix: measured impact of each threat under each defense")
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Impact of each threat (rows) under each defense (columns): for targeted attacks the lift of "
                        "the attack success rate over the clean twin (or the ASR where no twin was recorded), else the "
                        "clean-accuracy drop against the no-attack runs of the same defense; colour: the impact, 0 to 1.")
@@ -704,7 +713,7 @@ def run_rounds(rounds: pd.DataFrame, path: Path, refs: dict[str, float] | None =
     _int_x(ax)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Metrics by round")
-    fig.tight_layout()
+    _tight(fig)
     plotted.caption = ("Accuracy, clinical metrics and attack success (when the attack has a target) by round"
                        + (f"; dotted: {', '.join(refs)}" if refs else "") + ".")
     return save(fig, path, plotted)
@@ -729,7 +738,7 @@ def run_hospitals(per: pd.DataFrame, path: Path, refs: dict[str, float] | None =
     ax.set_title("Final accuracy per hospital")
     if refs:
         ax.legend(loc="lower left", frameon=False)
-    fig.tight_layout()
+    _tight(fig)
     plotted = Plotted("Final accuracy of the global model on each hospital's own test split (red: malicious hospitals)"
                       + (f"; dotted: {', '.join(refs)}" if refs else "") + ".")
     return save(fig, path, plotted)
@@ -765,6 +774,6 @@ def run_update_norms(clients: pd.DataFrame, path: Path) -> Plotted:
     ax.set_ylabel("update L2 norm")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Client update norms by round")
-    fig.tight_layout()
+    _tight(fig)
     plotted = Plotted("L2 norm of each client's update per round; circled updates were excluded by the defense.")
     return save(fig, path, plotted)

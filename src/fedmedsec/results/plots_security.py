@@ -20,6 +20,7 @@ test records for :func:`draw_adversarial_examples`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tomllib
@@ -42,7 +43,7 @@ __all__ = [
     "REPLICATE_KEYS", "FigureInfo", "Series", "NoData", "config_keys", "varying_keys", "split_keys",
     "mean_ci", "load_runs", "evasion_frame", "rounds_frame",
     "plot_robust_accuracy", "AdversarialExamples", "adversarial_examples", "plot_adversarial_examples",
-    "draw_adversarial_examples", "examples_from_run", "plot_durability",
+    "draw_adversarial_examples", "examples_from_run", "flips_first", "plot_durability",
 ]
 
 #: config keys that replicate a configuration (averaged over, never a series of their own)
@@ -518,6 +519,22 @@ def adversarial_examples(
         pred_clean=pc.argmax(1).numpy(), pred_adv=pa.argmax(1).numpy(),
         prob_clean=pc.max(1).values.numpy(), prob_adv=pa.max(1).values.numpy(),
         attack=attack, eps=float(eps), norm=norm, modality=domain.modality, targeted_label=targeted_label)
+
+
+def flips_first(ex: AdversarialExamples, n: int) -> AdversarialExamples:
+    """The ``n`` records of ``ex`` to show: those whose prediction the attack changed first
+    (one per true class, then in order), then the others, so a figure shows what the attack
+    does when it succeeds on any record. Order within the result follows ``ex``."""
+    flipped = ex.pred_adv != ex.pred_clean
+    chosen: list[int] = []
+    for c in sorted(set(ex.y[flipped].tolist())):
+        chosen.append(int(np.flatnonzero(flipped & (ex.y == c))[0]))
+    chosen += [int(i) for i in np.flatnonzero(flipped) if int(i) not in chosen]
+    chosen += [int(i) for i in np.flatnonzero(~flipped)]
+    idx = np.array(sorted(chosen[:n]), dtype=int)
+    return dataclasses.replace(ex, x=ex.x[idx], x_adv=ex.x_adv[idx], y=ex.y[idx], pred_clean=ex.pred_clean[idx],
+                               pred_adv=ex.pred_adv[idx], prob_clean=ex.prob_clean[idx],
+                               prob_adv=ex.prob_adv[idx])
 
 
 def _cls(names, c: int) -> str:

@@ -64,18 +64,21 @@ def pick_example_run(runs: pd.DataFrame) -> pd.Series | None:
     return min((r for _, r in cand.iterrows()), key=rank)
 
 
-def _examples(run: pd.Series, path: Path, *, n: int = 3):
-    got = ps.examples_from_run(run["path"], n=n)
+def _examples(run: pd.Series, path: Path, *, n: int = 3, candidates: int = 32):
+    """Attack up to ``candidates`` correctly classified server test records of the run's final
+    model at its largest eps and draw ``n`` of them, those the attack flipped first."""
+    got = ps.examples_from_run(run["path"], n=candidates)
     if not len(got["y"]):
         raise ps.NoData("the final model classifies no server test record correctly")
     eps = sorted(got["eps"])
     e = eps[-1]  # the largest budget: the figure should show what the attack can do
     image = str(run.get("data.name", "")) == "medmnist"
-    return ps.draw_adversarial_examples(
-        got["model"], got["domain"], got["x"], got["y"], path, eps=e, norm=got["norm"], steps=got["steps"],
-        seed=int(run.get("experiment.seed", 0) or 0), class_names=got["class_names"],
-        sampling_rate=got["sampling_rate"],
-        title=f"{run['run']}: PGD-{got['steps']} ({got['norm']}) at eps {ps._eps_label(e, image)}")
+    ex = ps.adversarial_examples(got["model"], got["domain"], got["x"], got["y"], eps=e, norm=got["norm"],
+                                 steps=got["steps"], seed=int(run.get("experiment.seed", 0) or 0))
+    ex = ps.flips_first(ex, n)
+    title = f"{run['run']}: PGD-{got['steps']} ({got['norm']}) at eps {ps._eps_label(e, image)}"
+    return ex, ps.plot_adversarial_examples(ex, path, class_names=got["class_names"],
+                                            sampling_rate=got["sampling_rate"], title=title)
 
 
 def _durable(runs: pd.DataFrame) -> bool:
