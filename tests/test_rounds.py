@@ -131,37 +131,3 @@ def test_named_streams_never_share_a_key():
     with pytest.raises(ValueError):
         seed_sequence(0, Stream.LOCAL_TRAINING, -1)
     assert np.random.SeedSequence([0, 5]).generate_state(1) == np.random.SeedSequence([0, 5, 0]).generate_state(1)
-
-
-class SwallowingTransport(InProcessTransport):
-    """Ctrl-C arrives while hospitals train and a library on the way turns it into an ordinary
-    failure: the flag is set, no KeyboardInterrupt reaches the loop, the replies come back."""
-
-    def __init__(self, setup, at_round: int) -> None:
-        super().__init__(setup)
-        self.at_round = at_round
-
-    def train(self, server_round, partition_ids, global_vec):
-        if server_round == self.at_round:
-            from fedmedsec.interrupts import INTERRUPTED
-
-            INTERRUPTED.set()
-        return super().train(server_round, partition_ids, global_vec)
-
-
-def test_ctrl_c_that_a_library_swallowed_still_stops_the_run_before_aggregating(tmp_path):
-    from fedmedsec.interrupts import INTERRUPTED, install
-
-    cfg = load_config(raw={}, overrides=["experiment.rounds=5", "experiment.mia=false"])
-    install()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment(cfg, tmp_path / "run", transport=lambda setup: SwallowingTransport(setup, at_round=3))
-    finally:
-        INTERRUPTED.clear()
-    rows = _rows(tmp_path / "run" / "rounds.csv")
-    assert [r["round"] for r in rows] == ["1", "2"]  # round 3 trained but was never aggregated
-    # a fresh install() clears the flag: the next run in this process is not stopped
-    install()
-    run_experiment(cfg, tmp_path / "again", transport=InProcessTransport)
-    assert len(_rows(tmp_path / "again" / "rounds.csv")) == 5

@@ -289,9 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import interrupts
-
-    interrupts.install()  # Ctrl-C stops a run even where a library catches KeyboardInterrupt
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from .interrupts import stop_if_interrupted
-
 if TYPE_CHECKING:
     from .evaluation import EvalCounts
     from .server import Coordinator
@@ -87,11 +85,9 @@ class Transport(Protocol):
 def run_rounds(co: Coordinator, transport: Transport) -> Coordinator:
     """Run every round of ``co``'s experiment through ``transport`` (module docstring)."""
     for r in range(co.next_round, co.cfg.experiment.rounds + 1):
-        stop_if_interrupted()
         started = time.perf_counter()
         available = transport.available(r)
         replies = transport.train(r, co.sample(r, available), co.global_vec)
-        stop_if_interrupted()
         co.aggregate(r, replies)
         evals = transport.evaluate(r, available, co.global_vec) if co.evaluates(r) else []
         co.end_round(r, evals, started)

@@ -59,7 +59,6 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from ..config import ConfigError
-from ..interrupts import stop_if_interrupted
 from ..rounds import RunFailed
 
 #: seconds to wait for the actors to start (importing torch) before giving up
@@ -257,7 +256,6 @@ class RayGrid(Grid):
             refs = {self._inflight[i][0]: i for i in pending}
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=left)
-            stop_if_interrupted()
             if not ready:
                 break
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -274,13 +272,11 @@ class RayGrid(Grid):
         try:
             reply = ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            stop_if_interrupted()  # Ctrl-C reaches the actors too (one process group)
             lost = self._actor_index[msg.metadata.dst_node_id]
             self._dead.update(n for n, a in self._actor_index.items() if a == lost)
             reply = Message(Error(code=ErrorCode.CLIENT_APP_CRASHED,
                                   reason=f"node lost: {str(e).strip().splitlines()[0][:200]}"), reply_to=msg)
         except Exception as e:  # noqa: BLE001 - a failed call is an error reply
-            stop_if_interrupted()  # unless it failed because Ctrl-C interrupted it
             reply = Message(Error(code=ErrorCode.UNKNOWN, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
         reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         return reply
