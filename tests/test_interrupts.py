@@ -81,7 +81,13 @@ def _start_run(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     for o in overrides:
         cmd += ["-s", o]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_a_foreground_job)
+
+
+def _as_a_foreground_job() -> None:
+    """A terminal's foreground job has SIGINT at its default; a test run launched in the
+    background of a non-interactive shell (``pytest &``, ``nohup``) inherits it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _until_round(proc: subprocess.Popen, k: int, timeout: float = 300) -> str:
