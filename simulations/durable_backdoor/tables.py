@@ -25,8 +25,6 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE.parent))
 from check_shapes import claims_table, folder_claims, mean_sd  # noqa: E402
 
-_ci = mean_sd
-
 
 def lifespan_rows(runs) -> list[dict]:
     import pandas as pd
@@ -64,9 +62,9 @@ def lifespan_table(rows: list[dict]) -> str:
                          if x.rounds_to_fade == x.rounds_to_fade and x.rounds_to_fade is not None else "-"
                          for x in g.itertuples())
         name = d if det == "none" else f"{d} + {det}"
-        lines.append(f"| {a} | {name} | {_ci(g['lift_at_window_end'])} | {fade} | {_ci(g['mean_after'])} | "
-                     f"{_ci(g['clean_accuracy']).split(' (')[0]} ({_ci(g['twin_clean_accuracy']).split(' (')[0]}) | "
-                     f"{_ci(g['tpr']).split(' (')[0]} / {_ci(g['fpr']).split(' (')[0]} |")
+        lines.append(f"| {a} | {name} | {mean_sd(g['lift_at_window_end'])} | {fade} | {mean_sd(g['mean_after'])} | "
+                     f"{mean_sd(g['clean_accuracy']).split(' (')[0]} ({mean_sd(g['twin_clean_accuracy']).split(' (')[0]}) | "
+                     f"{mean_sd(g['tpr']).split(' (')[0]} / {mean_sd(g['fpr']).split(' (')[0]} |")
     return "\n".join(lines)
 
 

@@ -24,8 +24,6 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE.parent))
 from check_shapes import claims_table, folder_claims, mean_sd  # noqa: E402
 
-_ci = mean_sd
-
 #: the README's default budget per dataset (data.name): PGD there cuts accuracy by >= 0.2
 DEFAULT_EPS = {"ecg_synthetic": 0.3, "medmnist": 4 / 255}
 #: always answering the majority class (the chance line of the figures)
@@ -47,10 +45,10 @@ def evasion_table(ev, dataset: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (d, a), g in w.groupby(["defense.name", "train.adversarial"], sort=False):
         at = g[g["eps"] == e0]
-        cells = [d, a, _ci(g.drop_duplicates("run")["clean_accuracy"])]
-        cells += [_ci(g[g["eps"] == e]["robust_accuracy"]) for e in eps]
-        cells += [f"{_ci(at['sensitivity_clean']).split(' (')[0]} -> {_ci(at['sensitivity_robust'])}",
-                  _ci(at["detection_rate"])]
+        cells = [d, a, mean_sd(g.drop_duplicates("run")["clean_accuracy"])]
+        cells += [mean_sd(g[g["eps"] == e]["robust_accuracy"]) for e in eps]
+        cells += [f"{mean_sd(at['sensitivity_clean']).split(' (')[0]} -> {mean_sd(at['sensitivity_robust'])}",
+                  mean_sd(at["detection_rate"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -70,7 +68,7 @@ def at_effect_table(ev, dataset: str) -> str:
                 for s in seeds if ("pgd", s) in by and ("none", s) in by]
         cost = [by[("none", s)]["clean_accuracy"] - by[("pgd", s)]["clean_accuracy"]
                 for s in seeds if ("pgd", s) in by and ("none", s) in by]
-        lines.append(f"| {d} | {_ci(gain)} | {_ci(cost)} |")
+        lines.append(f"| {d} | {mean_sd(gain)} | {mean_sd(cost)} |")
     return "\n".join(lines)
 
 
@@ -96,10 +94,10 @@ def targeted_table(sweep: Path, dataset: str) -> str | None:
         [f"squeezing detection @ {_eps_name(eps[-1], image)}", "detector FPR"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (d, a), g in t.groupby(["defense.name", "train.adversarial"], sort=False):
-        cells = [d, a, _ci(g[g["eps"] == eps[0]]["clean_target_rate"])]
-        cells += [_ci(g[g["eps"] == e]["targeted_success_rate"]) for e in eps]
+        cells = [d, a, mean_sd(g[g["eps"] == eps[0]]["clean_target_rate"])]
+        cells += [mean_sd(g[g["eps"] == e]["targeted_success_rate"]) for e in eps]
         last = g[g["eps"] == eps[-1]]
-        cells += [_ci(last["detection_rate"]), _ci(last["detector_false_positive_rate"]).split(" (")[0]]
+        cells += [mean_sd(last["detection_rate"]), mean_sd(last["detector_false_positive_rate"]).split(" (")[0]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -609,10 +609,14 @@ def plot_adversarial_examples(ex: AdversarialExamples, path: str | Path, *, clas
 def draw_adversarial_examples(model, domain, x, y, path: str | Path, *, eps: float, attack: str = "pgd",
                               norm: str = "linf", steps: int = 10, targeted_label: int | None = None,
                               seed: int = 0, class_names=None, sampling_rate: float | None = None,
-                              title: str | None = None) -> tuple[AdversarialExamples, FigureInfo]:
-    """:func:`adversarial_examples` then :func:`plot_adversarial_examples`."""
+                              title: str | None = None, show: int | None = None
+                              ) -> tuple[AdversarialExamples, FigureInfo]:
+    """:func:`adversarial_examples` then :func:`plot_adversarial_examples`; with ``show``, only
+    that many records are drawn, those the attack flipped first (:func:`flips_first`)."""
     ex = adversarial_examples(model, domain, x, y, eps=eps, attack=attack, norm=norm, steps=steps,
                               targeted_label=targeted_label, seed=seed)
+    if show is not None:
+        ex = flips_first(ex, show)
     return ex, plot_adversarial_examples(ex, path, class_names=class_names, sampling_rate=sampling_rate,
                                          title=title)
 

@@ -73,12 +73,11 @@ def _examples(run: pd.Series, path: Path, *, n: int = 3, candidates: int = 32):
     eps = sorted(got["eps"])
     e = eps[-1]  # the largest budget: the figure should show what the attack can do
     image = str(run.get("data.name", "")) == "medmnist"
-    ex = ps.adversarial_examples(got["model"], got["domain"], got["x"], got["y"], eps=e, norm=got["norm"],
-                                 steps=got["steps"], seed=int(run.get("experiment.seed", 0) or 0))
-    ex = ps.flips_first(ex, n)
-    title = f"{run['run']}: PGD-{got['steps']} ({got['norm']}) at eps {ps._eps_label(e, image)}"
-    return ex, ps.plot_adversarial_examples(ex, path, class_names=got["class_names"],
-                                            sampling_rate=got["sampling_rate"], title=title)
+    return ps.draw_adversarial_examples(
+        got["model"], got["domain"], got["x"], got["y"], path, eps=e, norm=got["norm"], steps=got["steps"],
+        seed=int(run.get("experiment.seed", 0) or 0), class_names=got["class_names"],
+        sampling_rate=got["sampling_rate"], show=n,
+        title=f"{run['run']}: PGD-{got['steps']} ({got['norm']}) at eps {ps._eps_label(e, image)}")
 
 
 def _durable(runs: pd.DataFrame) -> bool:
